@@ -1,0 +1,38 @@
+"""Helpers shared by CLI commands: option parsing and printing tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from vessel_lens.errors import ConfigError
+
+
+def print_table(rows: Iterable[tuple[str, str]]) -> None:
+    rows = list(rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise ConfigError(f"{option}: no values given")
+    return values
+
+
+def fresh_output_dir(path: Path, overwrite: bool, marker: str) -> Path:
+    """Refuse an output folder that already holds ``marker`` unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a folder")
+    if (path / marker).exists() and not overwrite:
+        raise ConfigError(
+            f"{path}: already holds {marker}; choose another folder or pass --overwrite"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,28 @@
+"""``vessel-lens demo``: the main job end to end on the embedded synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("demo_out"),
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> int:
+    """Run the demo on synthetic vessels and print where its outputs are."""
+    from vessel_lens.demo import run_demo
+    from vessel_lens.devices import resolve_device
+
+    outputs = run_demo(out, device=str(resolve_device(device)), seed=seed)
+    typer.echo(f"demo outputs in {outputs.folder}:")
+    for name, path in outputs.files.items():
+        typer.echo(f"  {name:<12} {path}")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,188 @@
+"""Reading images and masks from disk into arrays with known scaling.
+
+Images become ``float32`` arrays of shape (C, H, W) with values in [0, 1]; masks become
+``bool`` arrays of shape (H, W). Every failure raises :class:`DataError` naming the file.
+
+Scaling rules (documented in the README):
+
+- unsigned and signed integers are scaled by the range of their dtype (uint8 / 255,
+  uint16 / 65535, ...);
+- booleans map to {0, 1};
+- floating-point images already in [0, 1] are kept; others are min-max scaled to [0, 1];
+  NaN or infinite pixels are refused.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from vessel_lens.errors import DataError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp")
+MAX_SIDE = 4096
+"""Largest accepted image side in pixels; larger files are refused before decoding."""
+MIN_SIDE = 16
+"""Smallest accepted image side in pixels."""
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """What a mask file held before it was binarised."""
+
+    distinct_values: int
+    binary: bool
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: file is empty")
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: file is {size / 2**20:.0f} MiB; the limit is 256 MiB")
+
+
+def _check_shape(path: Path, height: int, width: int) -> None:
+    if max(height, width) > MAX_SIDE:
+        raise DataError(
+            f"{path}: image is {height}x{width}; the limit is {MAX_SIDE} pixels per side"
+        )
+    if min(height, width) < MIN_SIDE:
+        raise DataError(f"{path}: image is {height}x{width}; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise DataError(f"{path}: TIFF holds no image")
+            page = tif.pages[0]
+            shape = page.shape
+            if len(shape) < 2:
+                raise DataError(f"{path}: TIFF page has shape {shape}, not an image")
+            spatial = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[-2:]
+            _check_shape(path, int(spatial[0]), int(spatial[1]))
+            array = page.asarray()
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read TIFF ({_short(exc)})") from None
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                _check_shape(path, height, width)
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif img.mode in ("1", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
+                img.load()
+                array = np.asarray(img)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read image ({_short(exc)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image is too large to decode safely") from None
+    return array
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode an image file into an (H, W) or (H, W, C) array in its stored dtype."""
+    path = Path(path)
+    _check_file(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type {suffix or '(none)'}; use one of "
+            + ", ".join(IMAGE_SUFFIXES)
+        )
+    array = _read_tiff(path) if suffix in (".tif", ".tiff") else _read_pil(path)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: array of shape {array.shape} is not a 2-D image")
+    if array.ndim == 3 and array.shape[-1] not in (3, 4):
+        raise DataError(f"{path}: {array.shape[-1]} channels; expected 1, 3 or 4")
+    if array.size == 0:
+        raise DataError(f"{path}: image is empty")
+    return array
+
+
+def scale_to_unit(array: np.ndarray, path: str | Path = "image") -> np.ndarray:
+    """Scale an array to float32 in [0, 1] by its dtype range (see module docstring)."""
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        scaled = (array.astype(np.float64) - info.min) / float(info.max - info.min)
+        return scaled.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise DataError(f"{path}: image holds NaN or infinite pixels")
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            return values.astype(np.float32)
+        if high == low:
+            return np.zeros_like(values, dtype=np.float32)
+        return ((values - low) / (high - low)).astype(np.float32)
+    raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
+    """Read an image as float32 (C, H, W) in [0, 1].
+
+    RGB(A) images become one luminance channel unless ``keep_channels`` (alpha is dropped).
+    """
+    raw = read_raw(path)
+    image = scale_to_unit(raw, path)
+    if image.ndim == 2:
+        return image[None]
+    image = image[..., :3]
+    if keep_channels:
+        return np.ascontiguousarray(np.moveaxis(image, -1, 0))
+    return (image @ _LUMA)[None].astype(np.float32)
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, MaskInfo]:
+    """Read a label or skeleton: non-zero pixels (in any channel) are foreground.
+
+    Returns the boolean (H, W) mask and how many distinct values the file held, so callers
+    can warn about masks that are not binary.
+    """
+    raw = read_raw(path)
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise DataError(f"{path}: mask holds NaN or infinite pixels")
+    if raw.ndim == 3:
+        raw = raw[..., :3].max(axis=-1)
+    values = np.unique(raw)
+    return raw != 0, MaskInfo(distinct_values=int(values.size), binary=values.size <= 2)

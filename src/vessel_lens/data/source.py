@@ -1,0 +1,72 @@
+"""One entry point for every command's ``--data``: a folder, a CSV manifest, or (when no data
+is given) the embedded synthetic vessels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vessel_lens.data.index import index_dataset
+from vessel_lens.data.samples import Sample, load_samples
+from vessel_lens.data.splits import resolve_splits, seeded_split
+from vessel_lens.data.synthetic import synthesize
+from vessel_lens.errors import DataError
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class LoadedDataset:
+    """Samples by stem, with the split to use and where that split came from."""
+
+    name: str
+    samples: dict[str, Sample]
+    splits: dict[str, list[str]]
+    split_source: str
+
+    @property
+    def has_skeletons(self) -> bool:
+        return all(s.skeleton is not None for s in self.samples.values())
+
+    def subset(self, split: str | None) -> list[Sample]:
+        if split in (None, "all"):
+            return list(self.samples.values())
+        stems = self.splits.get(split, [])
+        if not stems:
+            raise DataError(f"{self.name}: split {split!r} is empty")
+        return [self.samples[s] for s in stems]
+
+
+def synthetic_dataset(count: int = 48, size: int = 256, seed: int = 0) -> LoadedDataset:
+    """The embedded default: ``count`` synthetic samples split 50/17/33 %."""
+    samples = {}
+    for i in range(count):
+        stem = f"synth{i:04d}"
+        s = synthesize(size, seed=seed * 100_003 + i)
+        samples[stem] = Sample(
+            stem,
+            torch.from_numpy(s.image)[None],
+            torch.from_numpy(s.label),
+            torch.from_numpy(s.skeleton),
+            None,
+        )
+    splits = seeded_split(list(samples), (0.5, 1 / 6, 1 / 3), seed)
+    return LoadedDataset(SYNTHETIC, samples, splits, "seeded")
+
+
+def open_dataset(
+    data: str | Path | None,
+    keep_channels: bool = False,
+    seed: int = 0,
+    require_labels: bool = True,
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> LoadedDataset:
+    """Load a dataset given on the command line (``None`` or ``"synthetic"``: the default)."""
+    if data is None or str(data) == SYNTHETIC:
+        return synthetic_dataset(seed=seed)
+    index = index_dataset(data)
+    samples = load_samples(index.samples, keep_channels, require_labels=require_labels)
+    splits, source = resolve_splits(index, split_fractions, seed)
+    return LoadedDataset(str(data), {s.stem: s for s in samples}, splits, source)

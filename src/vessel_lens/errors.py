@@ -1,0 +1,32 @@
+"""Errors that reach the user as one line.
+
+Every problem caused by user input (a file, an option, a checkpoint) raises a subclass of
+:class:`VesselLensError` whose message names the thing and the problem. The CLI prints it as
+``error: <message>`` and exits non-zero; library callers can catch it.
+"""
+
+from __future__ import annotations
+
+
+class VesselLensError(Exception):
+    """A problem with user input, reported to the user as one line."""
+
+    exit_code = 2
+
+
+class DataError(VesselLensError):
+    """A dataset, image, label or manifest cannot be used."""
+
+
+class CheckpointError(VesselLensError):
+    """A checkpoint file is missing, corrupt or of another kind."""
+
+
+class ConfigError(VesselLensError):
+    """An option or configuration value is invalid."""
+
+
+class TrainingError(VesselLensError):
+    """Training cannot go on (for example, the loss became NaN)."""
+
+    exit_code = 1

@@ -1,0 +1,190 @@
+"""Checkpoints: one file that rebuilds its model alone.
+
+A checkpoint is a dict saved with :func:`torch.save` holding plain values and tensors only
+(so it loads with ``weights_only=True``)::
+
+    format        "vessel-lens-checkpoint"
+    version       1
+    model_name    registry name (see :func:`vessel_lens.models.create_model`)
+    model_kwargs  constructor arguments
+    state_dict    weights (float32, or float16 for shipped checkpoints)
+    metadata      free-form training metadata (epoch, metrics, data, config, ...)
+    training      optional: optimiser, scheduler and RNG states for resuming
+
+Files are written to a temporary file in the same folder and renamed over the target, so an
+interrupted or failed save never leaves a half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vessel_lens.errors import CheckpointError, ConfigError
+from vessel_lens.models.registry import create_model
+
+FORMAT = "vessel-lens-checkpoint"
+VERSION = 1
+SHIPPED = {"vessmap-w16": "vessmap-w16.pt"}
+"""Checkpoints inside the package, usable by name wherever a checkpoint path is expected."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint's contents (``path`` is where it was read from)."""
+
+    model_name: str
+    model_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    path: Path | None = None
+
+    def build(self, device: torch.device | str | None = None) -> nn.Module:
+        """Rebuild the model in eval mode with these weights (cast to float32)."""
+        try:
+            model = create_model(self.model_name, **self.model_kwargs)
+        except ConfigError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else first[0]
+            raise CheckpointError(
+                f"{self.path}: weights do not fit {self.model_name}({_kwargs_text(self.model_kwargs)})"
+                f": {detail[:200]}"
+            ) from None
+        return model.to(device or "cpu").eval()
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+
+
+def shipped_checkpoint_path(name: str) -> Path:
+    return Path(str(resources.files("vessel_lens.models").joinpath("weights", SHIPPED[name])))
+
+
+def resolve_checkpoint_path(spec: str | Path) -> Path:
+    """A shipped checkpoint name, a run folder (its ``best.pt``) or a file path."""
+    if str(spec) in SHIPPED:
+        path = shipped_checkpoint_path(str(spec))
+        if not path.exists():
+            raise CheckpointError(f"shipped checkpoint {spec!r} is missing from the installation")
+        return path
+    path = Path(spec)
+    if path.is_dir():
+        for candidate in ("best.pt", "last.pt"):
+            if (path / candidate).exists():
+                return path / candidate
+        raise CheckpointError(f"{path}: folder holds no best.pt or last.pt")
+    if not path.exists():
+        names = ", ".join(SHIPPED)
+        raise CheckpointError(f"{path}: checkpoint not found (shipped checkpoints: {names})")
+    return path
+
+
+def read_checkpoint(spec: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
+    path = resolve_checkpoint_path(spec)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise CheckpointError(
+            f"{path}: refused to load (it holds objects other than tensors and plain values; "
+            f"{reason})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt or truncated: {reason})"
+        ) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a vessel-lens checkpoint (holds {type(raw).__name__})")
+    if raw.get("format") != FORMAT:
+        if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise CheckpointError(
+                f"{path}: holds a bare state dict without the model name and arguments; "
+                "wrap it with vessel_lens.models.save_checkpoint"
+            )
+        raise CheckpointError(f"{path}: not a vessel-lens checkpoint (no format marker)")
+    if raw.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {raw['version']} is newer than supported"
+        )
+    for key, kind in (("model_name", str), ("model_kwargs", dict), ("state_dict", dict)):
+        if not isinstance(raw.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint has no valid {key!r}")
+    return Checkpoint(
+        raw["model_name"],
+        dict(raw["model_kwargs"]),
+        raw["state_dict"],
+        dict(raw.get("metadata") or {}),
+        raw.get("training"),
+        path,
+    )
+
+
+def load_model(
+    spec: str | Path, device: torch.device | str | None = None
+) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model from a checkpoint path, run folder or shipped name; eval mode."""
+    checkpoint = read_checkpoint(spec)
+    return checkpoint.build(device), checkpoint
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Save to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write a checkpoint atomically. ``half`` stores floating weights as float16."""
+    module = getattr(model, "module", model)
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in module.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_name": model_name,
+        "model_kwargs": dict(model_kwargs),
+        "state_dict": state,
+        "metadata": dict(metadata or {}),
+    }
+    if training is not None:
+        payload["training"] = training
+    atomic_torch_save(payload, Path(path))
+    return Path(path)

@@ -1,0 +1,60 @@
+"""Small figure helpers shared by every plot: headless matplotlib figures saved as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure bound to the Agg canvas (no pyplot state, safe in threads and servers)."""
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    return path
+
+
+def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) tensor/array -> (H, W) or (H, W, 3) float array for imshow."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+    return array.astype(np.float32)
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float], alpha: float = 0.45
+) -> np.ndarray:
+    """Blend a boolean mask in ``colour`` over a grey or RGB image; returns (H, W, 3)."""
+    rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image.copy()
+    rgb = np.clip(rgb, 0.0, 1.0)
+    mask = np.asarray(mask, dtype=bool)
+    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
+    return rgb
+
+
+def error_map(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """RGB error map: true positives white, false positives red, false negatives blue."""
+    prediction = np.asarray(prediction, dtype=bool)
+    label = np.asarray(label, dtype=bool)
+    out = np.zeros((*label.shape, 3), dtype=np.float32)
+    out[prediction & label] = (1, 1, 1)
+    out[prediction & ~label] = (1, 0.15, 0.15)
+    out[~prediction & label] = (0.2, 0.45, 1)
+    return out
+
+
+def hide_axes(axes) -> None:
+    for ax in np.ravel(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
