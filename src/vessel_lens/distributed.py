@@ -1,0 +1,71 @@
+"""Process groups under ``torchrun``: one helper for training and extraction alike.
+
+Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs as rank 0 of 1
+and no process group is created.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size``; ``device`` to compute on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items`` (round-robin, so shares differ by at most one)."""
+        return list(items[self.rank :: self.world_size])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the process group started by ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+    On CUDA each process uses ``cuda:LOCAL_RANK``. Without ``torchrun`` this returns a
+    single-process context on ``device``.
+    """
+    if not launched_by_torchrun():
+        return DistContext(device=device)
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
