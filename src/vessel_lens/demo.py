@@ -26,8 +26,9 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0) -> DemoOutputs:
     outputs = DemoOutputs(out)
     dataset = synthetic_dataset(seed=seed)
     outputs.files["preview"] = preview_figure(dataset.subset("train"), out / "data_preview.png")
-    torch.manual_seed(seed)
-    model = create_model("resnet_seg", width=8).to(device).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create_model("resnet_seg", width=8).to(device).eval()
     sample = dataset.subset("test")[0]
     with torch.no_grad():
         probability = model(sample.image[None].to(device)).softmax(1)[0, 1].cpu()

@@ -16,7 +16,7 @@ from vessel_lens.errors import VesselLensError
 
 
 def build_app() -> typer.Typer:
-    from vessel_lens.cli import data, demo, models
+    from vessel_lens.cli import data, demo, evaluate, models, train
 
     app = typer.Typer(
         name="vessel-lens",
@@ -28,6 +28,8 @@ def build_app() -> typer.Typer:
     )
     data.register(app)
     models.register(app)
+    train.register(app)
+    evaluate.register(app)
     demo.register(app)
     return app
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if result == 130:  # typer turns Ctrl-C inside a command into exit status 130
+        print("interrupted", file=sys.stderr)
     return result if isinstance(result, int) else 0
 
 
@@ -71,6 +75,9 @@ def _click_exit_status(exc: Exception) -> int | None:
         return 130
     if name == "Exit":
         return int(getattr(exc, "exit_code", 0))
+    if name == "NoArgsIsHelpError":
+        print(exc.format_message(), file=sys.stderr)
+        return int(exc.exit_code)
     if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
         print(f"error: {exc.format_message()}", file=sys.stderr)
         return int(exc.exit_code)

@@ -85,12 +85,19 @@ def _read_split_files(root: Path, stems: set[str]) -> dict[str, list[str]]:
         path = split_dir / f"{name}.txt"
         if not path.exists():
             continue
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read split file ({exc})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         missing = [s for s in names if s not in stems]
         if missing:
             raise DataError(
                 f"{path}: names {len(missing)} stem(s) with no image, first {missing[0]!r}"
             )
+        repeated = sorted({s for s in names if names.count(s) > 1})
+        if repeated:
+            raise DataError(f"{path}: lists stem {repeated[0]!r} more than once")
         splits[name] = names
     seen: dict[str, str] = {}
     for name, names in splits.items():
@@ -157,6 +164,12 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
     seen_images: dict[Path, int] = {}
     seen_stems: dict[str, int] = {}
     for row_number, raw_row in enumerate(reader, start=2):
+        surplus = raw_row.pop(None, None) or []  # csv.DictReader's fields beyond the header
+        if any(v.strip() for v in surplus):
+            raise DataError(
+                f"{csv_path}: row {row_number} has {len(columns) + len(surplus)} fields "
+                f"but the header names {len(columns)} ({', '.join(columns)})"
+            )
         row = {(k or "").strip().lower(): (v or "") for k, v in raw_row.items()}
         if not any(v.strip() for v in row.values()):
             continue

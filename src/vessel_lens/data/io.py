@@ -72,6 +72,11 @@ def _read_tiff(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             if not tif.pages:
                 raise DataError(f"{path}: TIFF holds no image")
+            pages = len(tif.series[0].pages) if tif.series else 1
+            if pages > 1:
+                raise DataError(
+                    f"{path}: TIFF holds a stack of {pages} images; expected one 2-D image"
+                )
             page = tif.pages[0]
             shape = page.shape
             if len(shape) < 2:

@@ -95,21 +95,40 @@ def resolve_checkpoint_path(spec: str | Path) -> Path:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _unpickler_reason(message: str) -> str:
+    """The informative part of torch's weights-only refusal (it spans many lines)."""
+    lines = [line.strip() for line in message.splitlines()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            after = line.split("error:", 1)[-1].strip()
+            following = [x for x in lines[i + 1 :] if x]
+            text = after or (following[0] if following else "")
+            return text.split(". Please")[0][:160] or "unpickling failed"
+    return lines[0][:160] if lines and lines[0] else "unpickling failed"
+
+
 def read_checkpoint(spec: str | Path) -> Checkpoint:
     """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
     path = resolve_checkpoint_path(spec)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0][:160]
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused to load (it holds objects other than tensors and plain "
+                f"values; {_unpickler_reason(str(exc))})"
+            ) from None
         raise CheckpointError(
-            f"{path}: refused to load (it holds objects other than tensors and plain values; "
-            f"{reason})"
+            f"{path}: not a readable checkpoint (corrupt: {_unpickler_reason(str(exc))})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt or truncated: {reason})"
+            f"{path}: not a readable checkpoint (corrupt or truncated: {_first_line(exc)})"
         ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a vessel-lens checkpoint (holds {type(raw).__name__})")

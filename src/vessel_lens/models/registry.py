@@ -40,5 +40,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         ) from None
     try:
         return factory(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None

@@ -20,11 +20,26 @@ every input pixel.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 STRIDE = 16
+
+
+def check_arguments(width: int, in_channels: int, num_classes: int, norm: str | None) -> None:
+    """Refuse arguments that would build a degenerate model (``ValueError``)."""
+    for name, value in (
+        ("width", width),
+        ("in_channels", in_channels),
+        ("num_classes", num_classes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if norm not in ("batch", None):
+        raise ValueError(f"norm must be 'batch' or None, not {norm!r}")
 
 
 def _norm(channels: int, norm: str | None) -> nn.Module:
@@ -79,8 +94,7 @@ class ResNetSeg(nn.Module):
         dropout: float = 0.5,
     ):
         super().__init__()
-        if norm not in ("batch", None):
-            raise ValueError(f"norm must be 'batch' or None, not {norm!r}")
+        check_arguments(width, in_channels, num_classes, norm)
         widths = [width * 2**i for i in range(5)]
         self.stem = nn.Sequential(
             _conv3x3(in_channels, width, 1, norm), _norm(width, norm), nn.ReLU()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vessel_lens.models.resnet_seg import STRIDE
+from vessel_lens.models.resnet_seg import STRIDE, check_arguments
 
 
 def _double_conv(c_in: int, c_out: int, norm: str | None) -> nn.Sequential:
@@ -37,6 +37,7 @@ class UNet(nn.Module):
         dropout: float = 0.5,
     ):
         super().__init__()
+        check_arguments(width, in_channels, num_classes, norm)
         widths = [width * 2**i for i in range(5)]
         self.down = nn.ModuleList(
             _double_conv(in_channels if i == 0 else widths[i - 1], widths[i], norm)

@@ -1,0 +1,96 @@
+"""``vessel-lens evaluate`` and ``vessel-lens predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
+
+
+def evaluate(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    data: Annotated[
+        str | None, typer.Option(help="Dataset folder or CSV manifest (default: synthetic).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for metrics.json, per_image.csv and panels/.")
+    ] = None,
+    panels: Annotated[bool, typer.Option(help="Write a PNG panel per image.")] = True,
+    flip_average: Annotated[
+        bool, typer.Option(help="Average predictions over the four flips.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier evaluation in --out.")
+    ] = False,
+) -> int:
+    """Evaluate a checkpoint on whole images: table on stdout, JSON, CSV and PNG panels."""
+    from vessel_lens.cli._common import fresh_output_dir
+    from vessel_lens.data.source import open_dataset
+    from vessel_lens.devices import resolve_device
+    from vessel_lens.models import load_model
+    from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, dev)
+    dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1)
+    samples = dataset.subset(split)
+    if out is None:
+        out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
+    out = fresh_output_dir(out, overwrite, "metrics.json")
+    result = evaluate_model(model, samples, dev, out / "panels" if panels else None, flip_average)
+    files = write_evaluation(
+        result,
+        out,
+        {
+            "checkpoint": str(ckpt.path),
+            "data": dataset.name,
+            "split": split,
+            "flip_average": flip_average,
+        },
+    )
+    typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}")
+    for line in format_table(result):
+        typer.echo(line)
+    typer.echo(
+        f"wrote {files['metrics']}, {files['per_image']}"
+        + (f" and {out / 'panels'}/" if panels else "")
+    )
+    return 0
+
+
+def model_channels(checkpoint) -> int:
+    return int(checkpoint.model_kwargs.get("in_channels", 1))
+
+
+def predict(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    images: Annotated[Path, typer.Option(help="An image file or a folder of images.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for <stem>_probability.png and <stem>_mask.png.")
+    ],
+    threshold: Annotated[
+        float, typer.Option(help="Probability above which a pixel is vessel.")
+    ] = 0.5,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> int:
+    """Predict vessel probability and mask PNGs for new images."""
+    from vessel_lens.devices import resolve_device
+    from vessel_lens.models import load_model
+    from vessel_lens.training.predict import predict_folder
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, dev)
+    written = predict_folder(model, images, out, model_channels(ckpt), dev, threshold, overwrite)
+    typer.echo(f"wrote {len(written)} files to {out}")
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("predict")(predict)

@@ -1,0 +1,133 @@
+"""Evaluation on whole images: per-image and pooled metrics, tables, CSV/JSON, panels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vessel_lens.data.samples import Sample
+from vessel_lens.training.inference import vessel_probability
+from vessel_lens.training.metrics import (
+    METRIC_NAMES,
+    Confusion,
+    SkeletonCounts,
+    image_metrics,
+    overlap_scores,
+    roc_auc,
+)
+from vessel_lens.viz.figures import error_map, hide_axes, new_figure, save_figure, to_numpy_image
+
+
+@dataclass
+class Evaluation:
+    """Metrics per image (rows), their mean over images, and pooled over all pixels."""
+
+    per_image: list[dict[str, float | str]] = field(default_factory=list)
+    mean: dict[str, float] = field(default_factory=dict)
+    pooled: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "mean_over_images": self.mean,
+            "pooled_over_pixels": self.pooled,
+            "images": len(self.per_image),
+        }
+
+
+def _mean(rows: list[dict], name: str) -> float:
+    values = [float(r[name]) for r in rows if name in r and not math.isnan(float(r[name]))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def evaluate_model(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    device: torch.device | str = "cpu",
+    panels: Path | None = None,
+    flip_average: bool = False,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate ``model`` (put in eval mode) on labelled whole images."""
+    model.eval()
+    result = Evaluation()
+    total = Confusion()
+    all_prob, all_label = [], []
+    skeleton_total = SkeletonCounts()
+    has_skeletons = False
+    for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
+        probability = vessel_probability(model, sample.image, device, flip_average)
+        metrics, counts, skeleton_hits = image_metrics(probability, sample.label, sample.skeleton)
+        total = total + counts
+        all_prob.append(probability.numpy().ravel())
+        all_label.append(sample.label.numpy().ravel())
+        if skeleton_hits is not None:
+            skeleton_total = skeleton_total + skeleton_hits
+            has_skeletons = True
+        result.per_image.append({"stem": sample.stem, **metrics})
+        if panels is not None:
+            write_panel(sample, probability, metrics, panels / f"{sample.stem}.png")
+    result.mean = {name: _mean(result.per_image, name) for name in METRIC_NAMES}
+    result.pooled = overlap_scores(total)
+    result.pooled["auc"] = roc_auc(np.concatenate(all_prob), np.concatenate(all_label))
+    if has_skeletons:
+        result.pooled.update(skeleton_total.scores())
+    result.mean = {k: v for k, v in result.mean.items() if not math.isnan(v)}
+    return result
+
+
+def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: Path) -> Path:
+    """Input / ground truth / prediction / error map, with Dice and IoU in the title."""
+    prediction = (probability > 0.5).numpy()
+    figure = new_figure(12, 3.4)
+    axes = figure.subplots(1, 4)
+    axes[0].imshow(to_numpy_image(sample.image), cmap="gray")
+    axes[0].set_title("input")
+    axes[1].imshow(sample.label.numpy(), cmap="gray")
+    axes[1].set_title("ground truth")
+    axes[2].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[2].set_title("prediction (probability)")
+    axes[3].imshow(error_map(prediction, sample.label.numpy()))
+    axes[3].set_title("errors: FP red, FN blue")
+    hide_axes(axes)
+    figure.suptitle(f"{sample.stem}   Dice {metrics['dice']:.3f}   IoU {metrics['iou']:.3f}")
+    return save_figure(figure, path)
+
+
+def write_evaluation(result: Evaluation, out: Path, extra: dict | None = None) -> dict[str, Path]:
+    """``metrics.json`` and ``per_image.csv`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = result.to_json()
+    if extra:
+        payload.update(extra)
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+    columns = ["stem", *[c for c in (*METRIC_NAMES, "tprec", "tsens") if c in result.per_image[0]]]
+    with (out / "per_image.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in result.per_image:
+            writer.writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+    return {"metrics": out / "metrics.json", "per_image": out / "per_image.csv"}
+
+
+def format_table(result: Evaluation) -> list[str]:
+    names = [n for n in METRIC_NAMES if n in result.mean or n in result.pooled]
+    lines = [f"{'metric':<12} {'mean/image':>10} {'pooled':>10}"]
+    for name in names:
+        mean = result.mean.get(name, float("nan"))
+        pooled = result.pooled.get(name, float("nan"))
+        lines.append(f"{name:<12} {mean:>10.4f} {pooled:>10.4f}")
+    return lines
+
+
+__all__ = ["Evaluation", "evaluate_model", "format_table", "write_evaluation"]

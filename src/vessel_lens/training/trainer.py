@@ -1,0 +1,396 @@
+"""The training loop: seeded, resumable, distributed under torchrun, safe with its files.
+
+A run folder holds ``config.yaml`` (resolved configuration), ``last.pt`` (model and full
+training state after the last finished epoch), ``best.pt`` (best validation Dice),
+``metrics.csv`` (one row per epoch), ``curves.png`` and, when the dataset ships no split,
+``splits/`` with the seeded split that was used.
+
+Resuming restores model, optimiser, scheduler, RNG states, epoch and history from
+``last.pt``; crops are drawn from generators seeded by (seed, epoch, item), so a resumed
+run continues exactly as an uninterrupted one would (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vessel_lens.data.datasets import CropDataset
+from vessel_lens.data.samples import Sample
+from vessel_lens.data.source import open_dataset
+from vessel_lens.data.splits import write_splits
+from vessel_lens.devices import resolve_device
+from vessel_lens.distributed import DistContext, init_distributed
+from vessel_lens.errors import CheckpointError, ConfigError, TrainingError
+from vessel_lens.models.checkpoint import read_checkpoint, save_checkpoint
+from vessel_lens.models.registry import create_model
+from vessel_lens.training.config import TrainConfig, read_config, write_config
+from vessel_lens.training.losses import make_loss, regularisation
+from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
+from vessel_lens.training.schedule import make_scheduler
+from vessel_lens.viz.curves import learning_curves
+
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or stopped) run reached."""
+
+    out: Path
+    epochs_done: int
+    best_epoch: int
+    best_dice: float
+    stop_reason: str
+    seconds: float
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_metrics_csv(history: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    _atomic_write_text(path, buffer.getvalue())
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Owns one run: model, optimiser, scheduler, data and the run folder."""
+
+    def __init__(self, config: TrainConfig, out: Path, ctx: DistContext, progress: bool = True):
+        self.config = config
+        self.out = Path(out)
+        self.ctx = ctx
+        self.progress = progress and ctx.is_main
+        dataset = open_dataset(
+            config.data,
+            keep_channels=config.keep_channels,
+            seed=config.seed,
+            split_fractions=config.split_fractions,
+        )
+        self.dataset = dataset
+        self.train_samples = dataset.subset("train")
+        self.val_samples = dataset.subset("val")
+        in_channels = int(self.train_samples[0].image.shape[0])
+        self.model_kwargs = {**config.model_kwargs, "in_channels": in_channels}
+        torch.manual_seed(config.seed)
+        self.model = create_model(config.model, **self.model_kwargs).to(ctx.device)
+        self.train_model: nn.Module = self.model
+        if ctx.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.crops = CropDataset(
+            self.train_samples,
+            config.crop_size,
+            config.crops_per_image,
+            seed=config.seed,
+            flips=config.flips,
+            rotations=config.rotations,
+        )
+        self.steps_per_epoch = max(len(self.crops) // (config.batch_size * ctx.world_size), 1)
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.loss_fn = make_loss(config.loss)
+        self.epoch = 0
+        self.best_dice = -1.0
+        self.best_epoch = 0
+        self.bad_validations = 0
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self.saved_epoch = 0
+
+    # ----------------------------------------------------------------- state
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.ctx.device),
+            "epoch": self.epoch,
+            "best_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "bad_validations": self.bad_validations,
+            "history": self.history,
+            "elapsed": self.elapsed,
+        }
+
+    def load_training_state(self, path: Path) -> None:
+        checkpoint = read_checkpoint(path)
+        if checkpoint.model_name != self.config.model or any(
+            checkpoint.model_kwargs.get(k) != v for k, v in self.model_kwargs.items()
+        ):
+            raise CheckpointError(
+                f"{path}: checkpoint is {checkpoint.model_name}({checkpoint.model_kwargs}), "
+                f"but the run's config.yaml asks for {self.config.model}({self.model_kwargs})"
+            )
+        if not checkpoint.training:
+            raise CheckpointError(f"{path}: holds no training state to resume from")
+        self.model.load_state_dict(checkpoint.build("cpu").state_dict())
+        state = checkpoint.training
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], self.ctx.device)
+        self.epoch = int(state["epoch"])
+        self.best_dice = float(state["best_dice"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_validations = int(state["bad_validations"])
+        self.history = list(state["history"])
+        self.elapsed = float(state["elapsed"])
+        self.saved_epoch = self.epoch
+
+    def _metadata(self, metrics: dict | None = None) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "metrics": metrics or {},
+            "config": self.config.to_dict(),
+            "data": self.dataset.name,
+            "split_source": self.dataset.split_source,
+            "train_seconds": round(self.elapsed, 1),
+            "torch": str(torch.__version__),
+        }
+
+    def _save(self, name: str, with_state: bool, metrics: dict | None = None) -> None:
+        if not self.ctx.is_main:
+            return
+        path = self.out / name
+        try:
+            save_checkpoint(
+                path,
+                self.model,
+                self.config.model,
+                self.model_kwargs,
+                metadata=self._metadata(metrics),
+                training=self.training_state() if with_state else None,
+            )
+            if with_state:
+                self.saved_epoch = self.epoch
+        except OSError as exc:
+            raise TrainingError(
+                f"{path}: cannot save checkpoint ({exc.strerror or exc}); the previous "
+                f"{name} is intact"
+            ) from None
+
+    # ------------------------------------------------------------ one epoch
+    def _epoch_batches(self) -> list[list[int]]:
+        order = torch.randperm(
+            len(self.crops),
+            generator=torch.Generator().manual_seed(self.config.seed * 7919 + self.epoch),
+        ).tolist()
+        usable = self.steps_per_epoch * self.config.batch_size * self.ctx.world_size
+        mine = self.ctx.shard(order[:usable])
+        size = self.config.batch_size
+        return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+    def _train_epoch(self, bar: tqdm) -> float:
+        self.train_model.train()
+        self.crops.set_epoch(self.epoch)
+        total, count = 0.0, 0
+        for step, batch_indices in enumerate(self._epoch_batches()):
+            items = [self.crops[i] for i in batch_indices]
+            images = torch.stack([it["image"] for it in items]).to(self.ctx.device)
+            labels = torch.stack([it["label"] for it in items]).to(self.ctx.device)
+            logits = self.train_model(images)
+            loss = self.loss_fn(logits, labels)
+            penalty = regularisation(self.model, self.config.regularisation, self.config.alpha)
+            objective = loss if penalty is None else loss + penalty
+            if not torch.isfinite(objective):
+                raise TrainingError(
+                    f"loss became {float(objective)} at epoch {self.epoch + 1}, step {step + 1}; "
+                    f"stopped; the last good checkpoint is {self.out / 'last.pt'}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            self.optimizer.step()
+            if self.config.schedule != "plateau":
+                self.scheduler.step()
+            total += float(loss.detach())
+            count += 1
+            bar.update(len(batch_indices) * self.ctx.world_size)
+            bar.set_postfix(
+                epoch=self.epoch + 1, loss=f"{total / count:.4f}", best=f"{self.best_dice:.4f}"
+            )
+        mean = torch.tensor([total, count], dtype=torch.float64)
+        if self.ctx.distributed:
+            dist.all_reduce(mean)
+        return float(mean[0] / mean[1])
+
+    @torch.no_grad()
+    def validate(self, samples: list[Sample]) -> dict[str, float]:
+        """Whole-image loss, Dice and IoU over ``samples`` (shared between ranks)."""
+        self.model.eval()
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, images, tp, fp, fn, tn
+        for sample in self.ctx.shard(samples):
+            image = sample.image[None].to(self.ctx.device)
+            label = sample.label[None].long().to(self.ctx.device)
+            logits = self.model(image)
+            counts = confusion(logits.argmax(1)[0].cpu() == 1, sample.label)
+            sums += torch.tensor(
+                [float(self.loss_fn(logits, label)), 1, counts.tp, counts.fp, counts.fn, counts.tn],
+                dtype=torch.float64,
+            )
+        if self.ctx.distributed:
+            dist.all_reduce(sums)
+        scores = overlap_scores(Confusion.from_tensor(sums[2:]))
+        return {
+            "val_loss": float(sums[0] / sums[1]),
+            "val_dice": scores["dice"],
+            "val_iou": scores["iou"],
+        }
+
+    # ------------------------------------------------------------- the run
+    def run(self) -> TrainSummary:
+        config = self.config
+        total = config.epochs * self.steps_per_epoch * config.batch_size * self.ctx.world_size
+        done = self.epoch * self.steps_per_epoch * config.batch_size * self.ctx.world_size
+        bar = tqdm(
+            total=total,
+            initial=done,
+            unit="crop",
+            desc="training",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        if self.epoch == 0 and not self.history:
+            self._save("last.pt", with_state=True)
+        stop_reason = "epochs"
+        try:
+            while self.epoch < config.epochs:
+                started = time.perf_counter()
+                torch.manual_seed(config.seed * 104_729 + self.epoch)
+                train_loss = self._train_epoch(bar)
+                self.epoch += 1
+                row = {
+                    "epoch": self.epoch,
+                    "train_loss": train_loss,
+                    "val_loss": math.nan,
+                    "val_dice": math.nan,
+                    "val_iou": math.nan,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                }
+                stop, improved = False, False
+                if self.epoch % config.val_every == 0 or self.epoch == config.epochs:
+                    scores = self.validate(self.val_samples)
+                    row.update(scores)
+                    if config.schedule == "plateau":
+                        self.scheduler.step(scores["val_loss"])
+                    improved = scores["val_dice"] > self.best_dice
+                    if improved:
+                        self.best_dice, self.best_epoch = scores["val_dice"], self.epoch
+                        self.bad_validations = 0
+                    else:
+                        self.bad_validations += 1
+                        if config.patience and self.bad_validations >= config.patience:
+                            stop, stop_reason = True, "early stopping"
+                self.elapsed += time.perf_counter() - started
+                row["seconds"] = round(self.elapsed, 1)
+                self.history.append(row)
+                if config.max_minutes and self.elapsed >= 60 * config.max_minutes:
+                    stop, stop_reason = True, "time limit"
+                if improved:
+                    self._save("best.pt", with_state=False, metrics=scores)
+                self._save("last.pt", with_state=True)
+                if self.ctx.is_main:
+                    _write_metrics_csv(self.history, self.out / "metrics.csv")
+                    learning_curves(self.history, self.out / "curves.png")
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            if self.ctx.is_main:
+                print(
+                    f"interrupted: {self.out / 'last.pt'} holds epoch {self.saved_epoch}; continue "
+                    f"with: vessel-lens train --resume {self.out}"
+                )
+            raise
+        bar.close()
+        return TrainSummary(
+            self.out, self.epoch, self.best_epoch, self.best_dice, stop_reason, self.elapsed
+        )
+
+
+def _prepare_run_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    holds_run = any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt"))
+    if holds_run and not overwrite:
+        raise ConfigError(
+            f"{out}: already holds a run; use --resume {out} to continue it, or --overwrite "
+            "to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png"):
+            (out / name).unlink(missing_ok=True)
+
+
+def train(
+    config: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> TrainSummary:
+    """Start a new run in ``out`` (refused if ``out`` holds a run, unless ``overwrite``)."""
+    out = Path(out)
+    ctx = init_distributed(resolve_device(config.device))
+    if ctx.is_main:
+        _prepare_run_folder(out, overwrite)
+    ctx.barrier()
+    trainer = Trainer(config, out, ctx, progress)
+    if ctx.is_main:
+        write_config(
+            config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
+        )
+        if trainer.dataset.split_source == "seeded":
+            write_splits(trainer.dataset.splits, out / "splits")
+    return trainer.run()
+
+
+def resume(out: str | Path, progress: bool = True, epochs: int | None = None) -> TrainSummary:
+    """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``)."""
+    out = Path(out)
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(f"{out}: no config.yaml; not a vessel-lens run folder")
+    if not (out / "last.pt").is_file():
+        raise CheckpointError(f"{out / 'last.pt'}: not found; nothing to resume")
+    values = read_config(out / "config.yaml")
+    if epochs is not None:
+        values["epochs"] = epochs
+    config = TrainConfig.from_dict(values, str(out / "config.yaml"))
+    ctx = init_distributed(resolve_device(config.device))
+    trainer = Trainer(config, out, ctx, progress)
+    trainer.load_training_state(out / "last.pt")
+    if epochs is not None and ctx.is_main:
+        write_config(
+            config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
+        )
+    return trainer.run()

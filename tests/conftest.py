@@ -1,0 +1,130 @@
+"""Shared fixtures: the real VessMAP location and writers for tiny image files and datasets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+VESSMAP = Path(__file__).resolve().parents[1].parent / "shared/data/vessmap"
+"""The real VessMAP copy, ``../shared/data/vessmap`` relative to the repository root."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run torch on one thread: the tests' tensors are tiny, and on a busy two-core machine
+    OpenMP threads waiting for each other make tiny convolutions a hundred times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def vessmap_root() -> Path:
+    """The real VessMAP folder; skipped when absent, except under CI where it must exist."""
+    if not (VESSMAP / "images").is_dir():
+        reason = f"real VessMAP data not found at {VESSMAP}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so the integration tests must run)")
+        pytest.skip(reason)
+    return VESSMAP
+
+
+def _write_image(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` to ``path``; TIFF through tifffile, everything else through PIL."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        tifffile.imwrite(path, array)
+    elif path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(array).save(path, quality=95)
+    else:
+        Image.fromarray(array).save(path)
+    return path
+
+
+def _write_palette_gif(
+    path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]]
+) -> Path:
+    """Write a palette ("P" mode) GIF whose pixel ``i`` shows ``palette[indices[i]]``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = indices.shape
+    img = Image.frombytes("P", (width, height), indices.astype(np.uint8).tobytes())
+    flat = [channel for colour in palette for channel in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    img.save(path)
+    return path
+
+
+def _sample_arrays(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tiny vessel-like sample: a bright horizontal band, its binary label and centre line.
+
+    Returns ``image`` uint8 (H, W), ``label`` uint8 in {0, 255}, ``skeleton`` uint8 in {0, 255}.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 80, (height, width), dtype=np.uint8)
+    top = 2 + seed % max(height - 8, 1)
+    label = np.zeros((height, width), dtype=np.uint8)
+    label[top : top + 5] = 255
+    skeleton = np.zeros_like(label)
+    skeleton[top + 2] = 255
+    image[label > 0] += 150
+    return image, label, skeleton
+
+
+@pytest.fixture
+def write_image() -> Callable[[Path, np.ndarray], Path]:
+    """Writer of one image file, the format taken from the suffix."""
+    return _write_image
+
+
+@pytest.fixture
+def write_palette_gif() -> Callable[..., Path]:
+    """Writer of one palette GIF: ``write_palette_gif(path, indices, palette)``."""
+    return _write_palette_gif
+
+
+@pytest.fixture
+def sample_arrays() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``sample_arrays(height, width, seed)``: image, label and skeleton of one tiny sample."""
+    return _sample_arrays
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a VessMAP-like folder into ``tmp_path``; returns the folder.
+
+    ``splits`` maps split names to stems and is written to ``splits/<name>.txt``.
+    """
+
+    def make(
+        name: str = "dataset",
+        count: int = 3,
+        size: tuple[int, int] = (32, 32),
+        image_suffix: str = ".png",
+        label_suffix: str = ".png",
+        skeletons: bool = True,
+        splits: dict[str, list[str]] | None = None,
+    ) -> Path:
+        root = tmp_path / name
+        for i in range(count):
+            stem = f"s{i:02d}"
+            image, label, skeleton = _sample_arrays(*size, seed=i)
+            _write_image(root / "images" / f"{stem}{image_suffix}", image)
+            _write_image(root / "labels" / f"{stem}{label_suffix}", label)
+            if skeletons:
+                _write_image(root / "skeletons" / f"{stem}.png", skeleton)
+        for split, stems in (splits or {}).items():
+            (root / "splits").mkdir(parents=True, exist_ok=True)
+            (root / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
+        return root
+
+    return make

@@ -1,0 +1,76 @@
+"""Importing any module does no work: no RNG seeding, no files written, nothing started."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import vessel_lens
+
+IMPORT_EVERYTHING = """
+import importlib, json, os, pkgutil, random, sys
+import numpy, torch
+
+skip = set(sys.argv[1:])
+before_files = sorted(os.listdir("."))
+before_torch = torch.random.get_rng_state()
+before_numpy = numpy.random.get_state()[1].copy()
+before_random = random.getstate()
+
+import vessel_lens
+
+failed, imported = [], []
+def on_error(name):
+    failed.append(name)
+
+for info in pkgutil.walk_packages(vessel_lens.__path__, "vessel_lens.", onerror=on_error):
+    if any(info.name == s or info.name.startswith(s + ".") for s in skip):
+        continue
+    try:
+        importlib.import_module(info.name)
+        imported.append(info.name)
+    except Exception as exc:
+        failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
+
+print(json.dumps({
+    "imported": imported,
+    "failed": failed,
+    "torch_rng_unchanged": bool(torch.equal(torch.random.get_rng_state(), before_torch)),
+    "numpy_rng_unchanged": bool((numpy.random.get_state()[1] == before_numpy).all()),
+    "random_unchanged": random.getstate() == before_random,
+    "new_files": sorted(set(os.listdir(".")) - set(before_files)),
+}))
+"""
+
+
+def optional_subpackages() -> list[str]:
+    """Subpackages that need an optional extra that is not installed."""
+    return [] if importlib.util.find_spec("dash") else ["vessel_lens.app"]
+
+
+def test_importing_every_module_has_no_side_effects(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING, *optional_subpackages()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["failed"] == []
+    assert {"vessel_lens.data.io", "vessel_lens.models.resnet_seg", "vessel_lens.cli"} <= set(
+        report["imported"]
+    )
+    assert report["torch_rng_unchanged"], "some module seeds or draws from torch's global RNG"
+    assert report["numpy_rng_unchanged"], "some module seeds or draws from numpy's global RNG"
+    assert report["random_unchanged"], "some module seeds or draws from Python's random"
+    assert report["new_files"] == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_public_api_names_exist():
+    for name in vessel_lens.__all__:
+        assert hasattr(vessel_lens, name), name
