@@ -12,15 +12,18 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("demo_out"),
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> int:
     """Run the demo on synthetic vessels and print where its outputs are."""
     from vessel_lens.demo import run_demo
     from vessel_lens.devices import resolve_device
 
-    outputs = run_demo(out, device=str(resolve_device(device)), seed=seed)
+    outputs = run_demo(out, device=str(resolve_device(device)), seed=seed, progress=progress)
+    for line in outputs.lines:
+        typer.echo(line)
     typer.echo(f"demo outputs in {outputs.folder}:")
     for name, path in outputs.files.items():
-        typer.echo(f"  {name:<12} {path}")
+        typer.echo(f"  {name:<16} {path}")
     return 0
 
 
