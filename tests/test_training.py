@@ -235,40 +235,16 @@ def test_cli_train_resume_evaluate_predict(tmp_path, capsys):
     images = tmp_path / "synth"
     write_synthetic_dataset(images, count=2, size=48, progress=False)
     preds = tmp_path / "preds"
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(out / "best.pt"),
-                "--images",
-                str(images / "images"),
-                "--out",
-                str(preds),
-            ]
-        )
-        == 0
-    )
+    predict = ["predict", "--checkpoint", str(out / "best.pt"), "--images",
+               str(images / "images"), "--out", str(preds)]  # fmt: skip
+    assert main(predict) == 0
     assert sorted(p.name for p in preds.iterdir()) == [
         "synth0000_mask.png",
         "synth0000_probability.png",
         "synth0001_mask.png",
         "synth0001_probability.png",
     ]
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(out / "best.pt"),
-                "--images",
-                str(images / "images"),
-                "--out",
-                str(preds),
-            ]
-        )
-        == 2
-    )
+    assert main(predict) == 2
     assert "already exists" in capsys.readouterr().err
 
 

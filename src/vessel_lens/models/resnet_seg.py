@@ -29,6 +29,12 @@ from torch import nn
 STRIDE = 16
 
 
+def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) at the bottom and right to multiples of :data:`STRIDE`."""
+    pad_h, pad_w = (-x.shape[-2]) % STRIDE, (-x.shape[-1]) % STRIDE
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
 def check_arguments(width: int, in_channels: int, num_classes: int, norm: str | None) -> None:
     """Refuse arguments that would build a degenerate model (``ValueError``)."""
     for name, value in (
@@ -113,9 +119,7 @@ class ResNetSeg(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_to_stride(x)
         features = [self.stem(x)]
         for block in self.encoder:
             features.append(block(features[-1]))

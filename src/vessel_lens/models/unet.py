@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vessel_lens.models.resnet_seg import STRIDE, check_arguments
+from vessel_lens.models.resnet_seg import check_arguments, pad_to_stride
 
 
 def _double_conv(c_in: int, c_out: int, norm: str | None) -> nn.Sequential:
@@ -54,9 +54,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = pad_to_stride(x)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
