@@ -45,9 +45,11 @@ def main() -> None:
         values["data"] = args.data
         summary = train(TrainConfig.from_dict(values, args.config), out)
     if not args.skip_training:
-        print(f"training wall time {(time.perf_counter() - started) / 60:.1f} min "
-              f"({summary.epochs_done} epochs, best validation Dice {summary.best_dice:.4f} "
-              f"at epoch {summary.best_epoch})")
+        print(
+            f"training wall time {(time.perf_counter() - started) / 60:.1f} min "
+            f"({summary.epochs_done} epochs, best validation Dice {summary.best_dice:.4f} "
+            f"at epoch {summary.best_epoch})"
+        )
 
     dataset = open_dataset(args.data)
     test = dataset.subset("test")
@@ -62,14 +64,28 @@ def main() -> None:
         target = ROOT / "src/vessel_lens/models/weights/vessmap-w16.pt"
         metadata = dict(checkpoint.metadata)
         metadata["test_metrics_float32"] = result.mean
-        save_checkpoint(target, model, checkpoint.model_name, checkpoint.model_kwargs,
-                        metadata=metadata, half=True)
+        save_checkpoint(
+            target,
+            model,
+            checkpoint.model_name,
+            checkpoint.model_kwargs,
+            metadata=metadata,
+            half=True,
+        )
         shipped, _ = load_model(target)
         shipped_result = evaluate_model(shipped, test)
-        metadata["test_metrics"] = {"mean_over_images": shipped_result.mean,
-                                    "pooled_over_pixels": shipped_result.pooled}
-        save_checkpoint(target, model, checkpoint.model_name, checkpoint.model_kwargs,
-                        metadata=metadata, half=True)
+        metadata["test_metrics"] = {
+            "mean_over_images": shipped_result.mean,
+            "pooled_over_pixels": shipped_result.pooled,
+        }
+        save_checkpoint(
+            target,
+            model,
+            checkpoint.model_name,
+            checkpoint.model_kwargs,
+            metadata=metadata,
+            half=True,
+        )
         size = target.stat().st_size / 2**20
         print(f"exported {target} ({size:.1f} MiB, float16); its test metrics:")
         for line in format_table(shipped_result):

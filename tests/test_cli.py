@@ -134,18 +134,17 @@ def test_data_synth_writes_and_then_refuses_to_overwrite(capsys, tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_demo_writes_the_pngs_it_prints(capsys, tmp_path):
+def test_demo_writes_what_it_prints(capsys, tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
-    printed = [
-        Path(match)
-        for match in re.findall(r"^\s+\S+\s+(\S+\.png)$", capsys.readouterr().out, re.MULTILINE)
-    ]
-    assert printed, "the demo prints where its outputs are"
-    for path in printed:
-        assert path.is_file() and path.read_bytes().startswith(PNG_MAGIC)
-        assert out in path.parents
-    assert sorted(printed) == sorted(out.rglob("*.png"))
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    listing = text.split("demo outputs in", 1)[1].splitlines()[1:]
+    printed = dict(re.findall(r"^\s+(\S+)\s+(\S+)$", "\n".join(listing), re.MULTILINE))
+    assert {"data-preview", "checkpoint", "curves", "test-metrics"} <= set(printed)
+    for path in map(Path, printed.values()):
+        assert path.exists() and out in path.parents
+    assert Path(printed["data-preview"]).read_bytes().startswith(PNG_MAGIC)
+    assert "dice" in text  # the evaluation table
 
 
 def test_demo_with_an_unusable_device_is_a_clear_error(capsys, tmp_path):

@@ -49,14 +49,14 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     outputs = DemoOutputs(out)
     dataset = synthetic_dataset(seed=seed)
-    outputs.files["data preview"] = preview_figure(
+    outputs.files["data-preview"] = preview_figure(
         dataset.subset("train"), out / "data_preview.png"
     )
 
     config = TrainConfig(**{**DEMO_TRAINING.to_dict(), "seed": seed, "device": device})
     summary = train(config, out / "run", progress=progress)
     outputs.files["checkpoint"] = out / "run" / "best.pt"
-    outputs.files["learning curves"] = out / "run" / "curves.png"
+    outputs.files["curves"] = out / "run" / "curves.png"
     outputs.lines.append(
         f"trained {summary.epochs_done} epochs in {summary.seconds:.0f} s; best validation "
         f"Dice {summary.best_dice:.3f}"
@@ -67,7 +67,7 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
         model, dataset.subset("test"), device, out / "evaluation" / "panels", progress=progress
     )
     files = write_evaluation(evaluation, out / "evaluation", {"data": "synthetic", "split": "test"})
-    outputs.files["test metrics"] = files["metrics"]
-    outputs.files["test panels"] = out / "evaluation" / "panels"
+    outputs.files["test-metrics"] = files["metrics"]
+    outputs.files["test-panels"] = out / "evaluation" / "panels"
     outputs.lines.extend(format_table(evaluation))
     return outputs

@@ -16,7 +16,7 @@ from vessel_lens.errors import VesselLensError
 
 
 def build_app() -> typer.Typer:
-    from vessel_lens.cli import data, demo, evaluate, models, train
+    from vessel_lens.cli import data, demo, evaluate, jacobian, models, report, train
 
     app = typer.Typer(
         name="vessel-lens",
@@ -30,6 +30,8 @@ def build_app() -> typer.Typer:
     models.register(app)
     train.register(app)
     evaluate.register(app)
+    jacobian.register(app)
+    report.register(app)
     demo.register(app)
     return app
 

@@ -1,0 +1,138 @@
+"""``vessel-lens jacobian``: exact Jacobians of a dataset's images, one zarr store per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vessel_lens.errors import ConfigError
+
+
+def parse_pixels(text: str) -> list[tuple[int, int]]:
+    """``"R:C,R:C,..."`` → [(R, C), ...]."""
+    pairs = []
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        row, sep, col = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((int(row), int(col)))
+        except ValueError:
+            raise ConfigError(
+                f"--pixels {item!r}: expected ROW:COL pairs separated by commas, e.g. 10:12,30:5"
+            ) from None
+    if not pairs:
+        raise ConfigError("--pixels: no pixels given")
+    return pairs
+
+
+def jacobian(
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint file, run folder or shipped checkpoint name.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the stores (one <stem>.zarr per image).")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset folder or CSV manifest (default: the embedded synthetic vessels)."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to use: train, val, test or all.")] = "test",
+    crop: Annotated[
+        int,
+        typer.Option(
+            help="Side of the centred square crop taken from each image (the rows are "
+            "taken with respect to the crop); 0 for whole images."
+        ),
+    ] = 64,
+    images: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these image stems (repeat the option or separate with commas)."),
+    ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Storage type: float32, float16 or uint8 (per-block min/max scaling)."),
+    ] = "float32",
+    pixels: Annotated[
+        str | None,
+        typer.Option(help="Output pixels as ROW:COL pairs within the crop, comma-separated."),
+    ] = None,
+    pixel_stride: Annotated[
+        int,
+        typer.Option(
+            help="Every S-th output pixel in each direction (the original's sampling_rate)."
+        ),
+    ] = 1,
+    output: Annotated[
+        str, typer.Option(help="Differentiated output: probability, logit or margin.")
+    ] = "probability",
+    target_class: Annotated[int, typer.Option(help="Class whose output is differentiated.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="auto, linear, vmap or loop (one backward pass per pixel, the original)."
+        ),
+    ] = "auto",
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows per stored block and batched backward pass (default: sized to memory)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace stores computed with other settings, and recompute finished ones. "
+            "Without it, finished stores are skipped, unfinished ones resumed, and stores "
+            "with other settings refused."
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (rows/s, ETA).")] = True,
+) -> int:
+    """Compute exact Jacobians (d output pixel / d input pixel) and store them per image.
+
+    Resumes interrupted runs; under torchrun the images (or blocks of rows) are shared
+    among the processes.
+    """
+    from vessel_lens.distributed import shutdown_distributed
+    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+
+    stems = [s for item in images or [] for s in item.split(",") if s.strip()]
+    config = ExtractConfig(
+        checkpoint=checkpoint,
+        out=out,
+        data=data,
+        split=split,
+        crop=crop,
+        images=[s.strip() for s in stems],
+        dtype=dtype,
+        pixels=parse_pixels(pixels) if pixels is not None else None,
+        pixel_stride=pixel_stride,
+        output=output,
+        target_class=target_class,
+        device=device,
+        strategy=strategy,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    try:
+        result = extract_jacobians(config)
+    finally:
+        shutdown_distributed()
+    if result.is_main:
+        typer.echo(
+            f"{len(result.stores)} store(s) in {out}: computed {result.computed} block(s) "
+            f"({result.rows} rows) in {result.seconds:.1f} s; {result.skipped} block(s) were "
+            "already done"
+        )
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("jacobian")(jacobian)

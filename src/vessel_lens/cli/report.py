@@ -1,0 +1,188 @@
+"""``vessel-lens report``: one self-contained HTML page explaining a checkpoint's predictions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
+
+
+def split_values(values: list[str] | None) -> list[str]:
+    """Repeated options whose values may also hold several items separated by commas,
+    semicolons or spaces."""
+    return [v for text in values or [] for v in re.split(r"[,;\s]+", text.strip()) if v]
+
+
+def parse_pixels(values: list[str] | None) -> list[tuple[int, int]] | None:
+    """``ROW,COL`` pairs; several per value separated by spaces or semicolons."""
+    from vessel_lens.errors import ConfigError
+
+    if not values:
+        return None
+    pixels = []
+    for text in values:
+        for pair in re.split(r"[;\s]+", text.strip()):
+            if not pair:
+                continue
+            match = re.fullmatch(r"(\d+)[,:](\d+)", pair)
+            if match is None:
+                raise ConfigError(f"--pixels {pair!r}: expected ROW,COL with integers >= 0")
+            pixels.append((int(match[1]), int(match[2])))
+    return pixels
+
+
+def report(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    out: Annotated[Path, typer.Option(help="Folder for report.html, figures/ and tables/.")],
+    data: Annotated[
+        str | None, typer.Option(help="Dataset folder or CSV manifest (default: synthetic).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
+    images: Annotated[
+        list[str] | None,
+        typer.Option(help="Image stems to show (repeat, or separate by commas)."),
+    ] = None,
+    max_images: Annotated[int, typer.Option(help="Show at most this many images.")] = 2,
+    crop: Annotated[
+        int, typer.Option(help="Use the centred CROP x CROP part of each image (0: whole).")
+    ] = 0,
+    pixels: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Output pixels ROW,COL in the (cropped) image; repeat or separate pairs by "
+            "spaces. Default: a confident vessel, a background pixel and a false positive."
+        ),
+    ] = None,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(help="Attribution methods (repeat or comma-separated; default: all)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Thresholded-gradient fraction of each pixel's own max.")
+    ] = 0.01,
+    sanity_images: Annotated[
+        int, typer.Option(help="First images that get the sanity checks (0: none).")
+    ] = 1,
+    sanity_methods: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Methods of the randomisation test (default: saliency, guided_backprop)."
+        ),
+    ] = None,
+    deletion_methods: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Methods of the deletion curves (default: saliency, integrated_gradients)."
+        ),
+    ] = None,
+    erf: Annotated[
+        Path | None, typer.Option(help="Receptive-field output folder to include.")
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Training run folder (default: the checkpoint's folder if it is one)."),
+    ] = None,
+    zoom: Annotated[
+        int, typer.Option(help="Side of the window attribution panels show (0: whole image).")
+    ] = 96,
+    seed: Annotated[int, typer.Option(help="Seed of the random parts.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads for torch (0: torch's default). On a busy machine 1 is often "
+            "several times faster for small models."
+        ),
+    ] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> int:
+    """Write an offline HTML report: panels, attributions, sanity checks, training curves."""
+    import torch
+
+    from vessel_lens.data.source import open_dataset
+    from vessel_lens.devices import resolve_device
+    from vessel_lens.errors import ConfigError, DataError
+    from vessel_lens.models import load_model
+    from vessel_lens.viz.report import (
+        DELETION_METHODS,
+        SANITY_METHODS,
+        ReportOptions,
+        check_output,
+        crop_sample,
+        write_report,
+    )
+    from vessel_lens.viz.report_sections import find_run_folder
+
+    if max_images < 1:
+        raise ConfigError(f"--max-images {max_images}: must be at least 1")
+    if threads < 0:
+        raise ConfigError(f"--threads {threads}: must be 0 (default) or positive")
+    check_output(out, overwrite)
+    options = ReportOptions(
+        pixels=parse_pixels(pixels),
+        threshold=threshold,
+        sanity_images=sanity_images,
+        seed=seed,
+        zoom=zoom,
+        **({"methods": split_values(methods)} if methods else {}),
+        sanity_methods=split_values(sanity_methods) if sanity_methods else list(SANITY_METHODS),
+        deletion_methods=(
+            split_values(deletion_methods) if deletion_methods else list(DELETION_METHODS)
+        ),
+    )
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, dev)
+    run_dir, run_note = find_run_folder(run, ckpt.path)
+    channels = int(ckpt.model_kwargs.get("in_channels", 1))
+    dataset = open_dataset(data, keep_channels=channels > 1)
+    samples = dataset.subset(split)
+    wanted = split_values(images)
+    if wanted:
+        by_stem = {s.stem: s for s in samples}
+        missing = [stem for stem in wanted if stem not in by_stem]
+        if missing:
+            raise DataError(f"image {missing[0]!r} is not in split {split!r} of {dataset.name}")
+        samples = [by_stem[stem] for stem in wanted]
+    samples = [crop_sample(s, crop) for s in samples[:max_images]]
+    description = {
+        "checkpoint": str(ckpt.path),
+        "model": f"{ckpt.model_name}({', '.join(f'{k}={v}' for k, v in ckpt.model_kwargs.items())})",
+        "data": dataset.name,
+        "split": split,
+        "images": ", ".join(s.stem for s in samples),
+        "crop": f"centred {crop}x{crop}" if crop else "whole images",
+        "device": str(dev),
+    }
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        outputs = write_report(
+            model,
+            samples,
+            out,
+            options=options,
+            description=description,
+            run_dir=run_dir,
+            run_note=run_note,
+            erf_dir=erf,
+            device=dev,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    typer.echo(
+        f"wrote {outputs.html} ({len(outputs.figures)} figures, {len(outputs.tables)} tables) "
+        f"in {outputs.seconds:.0f} s"
+    )
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

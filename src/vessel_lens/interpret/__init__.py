@@ -1,0 +1,65 @@
+"""Interpretation: exact Jacobians of segmentation models, receptive fields, stored results.
+
+``jacobian(model, image)`` gives d output[pixel] / d input for every output pixel;
+``iter_jacobian`` streams it chunk by chunk; ``receptive_field`` bounds which input pixels
+can matter for each output pixel; ``load_jacobian`` reads what ``vessel-lens jacobian`` wrote; ``attribute`` runs Captum
+attribution methods on segmentation targets; ``randomisation_test`` and ``deletion_curves``
+check attributions; ``thresholds`` holds the thresholded-gradient definitions.
+"""
+
+from vessel_lens.interpret.attribution import METHOD_OPTIONS, METHODS, attribute
+from vessel_lens.interpret.field import ReceptiveField, receptive_field
+from vessel_lens.interpret.fold import fold_batch_norm
+from vessel_lens.interpret.jacobian import (
+    OUTPUTS,
+    STRATEGIES,
+    JacobianEngine,
+    iter_jacobian,
+    jacobian,
+)
+from vessel_lens.interpret.sanity import deletion_curves, randomisation_test
+from vessel_lens.interpret.store import LazyRows, load_jacobian
+from vessel_lens.interpret.targets import (
+    Target,
+    error_target,
+    mask_target,
+    pixel_target,
+    predicted_vessels,
+    segment_target,
+)
+from vessel_lens.interpret.thresholds import (
+    THRESHOLD_MODES,
+    PixelStats,
+    gradient_magnitude,
+    pixel_stats,
+    threshold_value,
+)
+
+__all__ = [
+    "METHODS",
+    "METHOD_OPTIONS",
+    "OUTPUTS",
+    "STRATEGIES",
+    "THRESHOLD_MODES",
+    "JacobianEngine",
+    "LazyRows",
+    "PixelStats",
+    "ReceptiveField",
+    "Target",
+    "attribute",
+    "deletion_curves",
+    "error_target",
+    "fold_batch_norm",
+    "gradient_magnitude",
+    "iter_jacobian",
+    "jacobian",
+    "load_jacobian",
+    "mask_target",
+    "pixel_stats",
+    "pixel_target",
+    "predicted_vessels",
+    "randomisation_test",
+    "receptive_field",
+    "segment_target",
+    "threshold_value",
+]

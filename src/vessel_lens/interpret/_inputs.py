@@ -1,0 +1,77 @@
+"""What a caller asks for, turned into what the strategies use: flat pixel indices, the
+derivative of the chosen output with respect to the logits, and the model kept as found."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from vessel_lens.errors import ConfigError
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with parameters not requiring grad; both restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def flat_pixels(pixels: object, height: int, width: int) -> torch.Tensor:
+    """``None`` (all, row-major), flat indices (N,) or (row, col) pairs (N, 2) → flat (N,)."""
+    if pixels is None:
+        return torch.arange(height * width)
+    tensor = torch.as_tensor(pixels)
+    if tensor.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise ConfigError("pixels must be integer indices, not floating-point values")
+    tensor = tensor.long().cpu()
+    if tensor.dim() == 2 and tensor.shape[1] == 2:
+        rows, cols = tensor[:, 0], tensor[:, 1]
+        bad = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
+        if bool(bad.any()):
+            r, c = tensor[bad][0].tolist()
+            raise ConfigError(f"pixel (row {r}, col {c}) is outside the {height}x{width} output")
+        return rows * width + cols
+    if tensor.dim() == 0:
+        tensor = tensor[None]
+    if tensor.dim() != 1:
+        raise ConfigError(
+            f"pixels must be flat indices (N,) or (row, col) pairs (N, 2), not {tuple(tensor.shape)}"
+        )
+    bad = (tensor < 0) | (tensor >= height * width)
+    if bool(bad.any()):
+        raise ConfigError(
+            f"pixel index {int(tensor[bad][0])} is outside the {height}x{width} output "
+            f"(0..{height * width - 1})"
+        )
+    return tensor
+
+
+def output_seeds(
+    logits: torch.Tensor, flat: torch.Tensor, target: int, output: str
+) -> torch.Tensor:
+    """d output / d logits at each pixel: (N, K), from (1, K, H, W) logits (computed in float64)."""
+    z = logits[0].reshape(logits.shape[1], -1)[:, flat.to(logits.device)].T.double()
+    onehot = torch.zeros_like(z)
+    onehot[:, target] = 1
+    if output == "logit":
+        return onehot
+    if output == "probability":
+        p = z.softmax(1)
+        return p[:, target : target + 1] * (onehot - p)
+    others = z.masked_fill(onehot.bool(), float("-inf")).softmax(1)
+    return onehot - others

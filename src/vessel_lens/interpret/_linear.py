@@ -1,0 +1,85 @@
+"""The ``linear`` strategy: a hand-written, batched, windowed backward pass over a recorded tape.
+
+The forward pass is recorded once (:mod:`._tape`). Its vector-Jacobian product is linear in
+the cotangent, with coefficients read from the recorded values (ReLU masks, BatchNorm scales,
+max-pool choices). A chunk of N one-hot cotangents is pushed back through the tape with plain
+``conv_transpose2d``/``conv2d`` calls on batch N and element-wise products, with no autograd
+graph, and each cotangent only over the rectangle where it can be non-zero (:mod:`._window`).
+Eval-mode BatchNorm directly after a convolution is folded into that convolution's backward
+weights. Operations without a rule make :func:`prepare` raise :class:`Unsupported`, and the
+caller falls back to the generic ``vmap`` strategy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vessel_lens.interpret._prepare import Prepared, Unsupported, prepare, spatial
+from vessel_lens.interpret._rules import RULES, rule_key, siblings
+from vessel_lens.interpret._tape import Ref, Tape
+from vessel_lens.interpret._window import Window, accumulate, zeros
+
+__all__ = ["LinearStrategy", "Unsupported", "backward", "seed_window"]
+
+
+def backward(prep: Prepared, seed: Window) -> torch.Tensor:
+    """Push a batch of output cotangents (on the output map) back to the source: (N, C, H, W)."""
+    tape = prep.tape
+    cotangents: dict[Ref, Window] = {tape.output: seed}
+    waiting: dict[int, dict[int, Window]] = {}
+    result: Window | None = None
+    for i in range(len(tape.entries) - 1, -1, -1):
+        if not prep.needed[i]:
+            continue
+        entry = tape.entries[i]
+        key = Ref(i, 0) if isinstance(entry.value, (tuple, list)) else Ref(i)
+        grad = cotangents.pop(key, None)
+        if i in prep.leader:
+            leader = prep.leader[i]
+            if grad is not None:
+                waiting.setdefault(leader, {})[i] = grad
+            if i != leader or leader not in waiting:
+                continue
+            parts = siblings(prep, leader, waiting.pop(leader))
+        elif grad is None:
+            continue
+        elif i == tape.source:
+            result = grad
+            continue
+        else:
+            parts = RULES[rule_key(entry)](prep, i, entry, grad)
+        for ref, part in parts:
+            if part is not None and prep.needed[ref.node]:
+                cotangents[ref] = accumulate(cotangents.get(ref), part)
+    source = tape.entries[tape.source].value
+    if result is None:
+        return zeros(seed.data, (seed.data.shape[0], *source.shape[1:]))
+    return result.dense(*spatial(source))
+
+
+def seed_window(
+    output: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, seeds: torch.Tensor
+) -> Window:
+    """One-hot cotangents on the (1, K, H, W) output: row n is ``seeds[n]`` at (rows[n], cols[n])."""
+    top, left = int(rows.min()), int(cols.min())
+    height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    n, classes = seeds.shape
+    data = zeros(seeds, (n, classes, height, width))
+    data[torch.arange(n), :, rows - top, cols - left] = seeds
+    return Window(data, top, left)
+
+
+class LinearStrategy:
+    """Batched windowed backward passes over one recorded forward pass."""
+
+    name = "linear"
+
+    def __init__(self, tape: Tape, dtype: torch.dtype):
+        self.prepared = prepare(tape, dtype)
+        self.width = int(tape.value(tape.output).shape[-1])
+
+    def rows(self, flat: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        rows, cols = flat // self.width, flat % self.width
+        output = self.prepared.tape.value(self.prepared.tape.output)
+        seed = seed_window(output, rows, cols, seeds.to(self.prepared.dtype))
+        return backward(self.prepared, seed)

@@ -1,0 +1,252 @@
+"""Windowed vector-Jacobian products of single ATen operations, for a batch of cotangents.
+
+Each rule takes the cotangent of an operation's output (a :class:`~._window.Window`) and
+returns the cotangents of its recorded inputs. Rules return windows they own (fresh memory)
+where they can, so that accumulation and masking work in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from vessel_lens.interpret._prepare import (
+    BATCH_NORM,
+    IDENTITY,
+    LINEAR_PER_SAMPLE,
+    POINTWISE,
+    Prepared,
+    arg_of,
+    spatial,
+)
+from vessel_lens.interpret._tape import Entry, Ref
+from vessel_lens.interpret._window import (
+    SMALL_MAP,
+    Window,
+    conv_input_grad,
+    conv_transpose_input_grad,
+    shift,
+    tap_matrix,
+    zeros,
+)
+
+aten = torch.ops.aten
+
+
+Rule = Callable[[Prepared, int, Entry, Window], list[tuple[Ref, Window | None]]]
+
+
+def rule_key(entry: Entry) -> object:
+    if entry.func in POINTWISE and entry.func is not aten.relu.default:
+        return "pointwise"
+    if entry.func in LINEAR_PER_SAMPLE:
+        return "linear_per_sample"
+    if entry.func in IDENTITY:
+        return "identity"
+    if entry.func in BATCH_NORM:
+        return "batch_norm"
+    return entry.func
+
+
+def _box(window: Window) -> tuple[int, int, int, int]:
+    return window.top, window.left, window.height, window.width
+
+
+def _extend(window: Window, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The window's data zero-extended to ``box`` (top, left, height, width)."""
+    if _box(window) == box:
+        return window.data
+    full = zeros(window.data, (*window.data.shape[:-2], box[2], box[3]))
+    r, c = window.top - box[0], window.left - box[1]
+    full[..., r : r + window.height, c : c + window.width] = window.data
+    return full
+
+
+def _convolution(prep: Prepared, i: int, entry: Entry, grad: Window, stacked: bool = False):
+    source = entry.args[0]
+    in_size = spatial(prep.tape.value(source))
+    stride, padding, dilation = entry.args[3], entry.args[4], entry.args[5]
+    transposed, groups = bool(entry.args[6]), int(entry.args[8])
+    key = ("stacked", i) if stacked else i
+    weight = prep.consts[key]
+    if transposed:
+        part = conv_transpose_input_grad(grad, weight, in_size, stride, padding, dilation, groups)
+        return [(source, part)]
+    matrix = None
+    if grad.height * grad.width <= SMALL_MAP and groups == 1:
+        if ("taps", key) not in prep.consts:
+            prep.consts[("taps", key)] = tap_matrix(weight)
+        matrix = prep.consts[("taps", key)]
+    part = conv_input_grad(grad, weight, in_size, stride, padding, dilation, groups, matrix)
+    return [(source, part)]
+
+
+def _scale(prep: Prepared, i: int, entry: Entry, grad: Window):
+    if i in prep.skip:
+        return [(entry.args[0], grad)]
+    return [(entry.args[0], grad.scaled(prep.consts[i]))]
+
+
+def _masked(prep: Prepared, i: int, entry: Entry, grad: Window):
+    return [(entry.args[0], grad.scaled(grad.crop(prep.consts[i])))]
+
+
+def _factor(value: object, grad: Window) -> object:
+    if isinstance(value, torch.Tensor) and value.dim() == 4 and spatial(value) != (1, 1):
+        return grad.crop(value)
+    return value
+
+
+def _binary(prep: Prepared, i: int, entry: Entry, grad: Window):
+    a, b = entry.args[0], entry.args[1]
+    alpha = entry.kwargs.get("alpha", 1)
+    factors = prep.consts[i]
+    func, data = entry.func, grad.data
+    if func is aten.mul.Tensor:
+        parts = [(a, data * _factor(factors[0], grad)), (b, data * _factor(factors[1], grad))]
+    elif func is aten.div.Tensor:
+        parts = [(a, data / _factor(factors[0], grad))]
+    else:
+        sign = -1 if func is aten.sub.Tensor else 1
+        active = [ref for ref in (a, b) if prep.is_active(ref)]
+        if len(active) == 1 and (active[0] is a or sign * alpha == 1):
+            return [(active[0], grad)]
+        parts = [(a, data), (b, data if sign * alpha == 1 else data * (sign * alpha))]
+        return [(ref, Window(d, grad.top, grad.left)) for ref, d in parts if prep.is_active(ref)]
+    return [(ref, Window(d, grad.top, grad.left, True)) for ref, d in parts if prep.is_active(ref)]
+
+
+def _scalar(prep: Prepared, i: int, entry: Entry, grad: Window):
+    if entry.func is aten.neg.default:
+        data = -grad.data
+    elif entry.func is aten.mul.Scalar:
+        data = grad.data * entry.args[1]
+    elif entry.func is aten.div.Scalar:
+        data = grad.data / entry.args[1]
+    else:
+        return [(entry.args[0], grad)]
+    return [(entry.args[0], Window(data, grad.top, grad.left, True))]
+
+
+def _identity(prep: Prepared, i: int, entry: Entry, grad: Window):
+    return [(entry.args[0], grad)]
+
+
+def _pad(prep: Prepared, i: int, entry: Entry, grad: Window):
+    pad = list(entry.args[1]) + [0] * (4 - len(entry.args[1]))
+    height, width = spatial(prep.tape.value(entry.args[0]))
+    return [(entry.args[0], shift(grad, -pad[2], -pad[0], height, width))]
+
+
+def _slice(prep: Prepared, i: int, entry: Entry, grad: Window):
+    source = entry.args[0]
+    shape = prep.tape.value(source).shape
+    dim = int(arg_of(entry, 1, "dim", 0)) % 4
+    start = arg_of(entry, 2, "start", 0) or 0
+    start = max(0, start + shape[dim]) if start < 0 else min(start, shape[dim])
+    if dim == 2:
+        return [(source, shift(grad, start, 0, shape[2], shape[3]))]
+    if dim == 3:
+        return [(source, shift(grad, 0, start, shape[2], shape[3]))]
+    full = zeros(grad.data, (grad.data.shape[0], shape[1], grad.height, grad.width))
+    full[:, start : start + grad.data.shape[1]] = grad.data
+    return [(source, Window(full, grad.top, grad.left, True))]
+
+
+def _cat(prep: Prepared, i: int, entry: Entry, grad: Window):
+    parts, offset = [], 0
+    for ref in entry.args[0]:
+        channels = int(prep.tape.value(ref).shape[1]) if isinstance(ref, Ref) else ref.shape[1]
+        if isinstance(ref, Ref):
+            parts.append(
+                (ref, Window(grad.data[:, offset : offset + channels], grad.top, grad.left))
+            )
+        offset += channels
+    return parts
+
+
+def _max_pool(prep: Prepared, i: int, entry: Entry, grad: Window):
+    source = entry.args[0]
+    x = prep.tape.value(source)
+    out, indices = entry.value
+    n = grad.data.shape[0]
+    dense = grad.dense(*spatial(out))
+    kernel, stride, padding, dilation, ceil = (
+        arg_of(entry, k, name, default)
+        for k, name, default in (
+            (1, "kernel_size", None),
+            (2, "stride", ()),
+            (3, "padding", 0),
+            (4, "dilation", 1),
+            (5, "ceil_mode", False),
+        )
+    )
+    result = aten.max_pool2d_with_indices_backward(
+        dense,
+        x.to(dense.dtype).expand(n, *x.shape[1:]),
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ceil,
+        indices.expand(n, *indices.shape[1:]),
+    )
+    return [(source, Window(result, 0, 0, True))]
+
+
+def _linear_per_sample(prep: Prepared, i: int, entry: Entry, grad: Window):
+    source = entry.args[0]
+    x = prep.tape.value(source)
+    out = entry.value
+    n = grad.data.shape[0]
+    with torch.enable_grad():
+        leaf = grad.data.new_zeros((n, *x.shape[1:])).requires_grad_(True)
+        y = entry.func(leaf, *entry.args[1:], **entry.kwargs)
+        (result,) = torch.autograd.grad(y, leaf, grad.dense(*spatial(out)))
+    return [(source, Window(result, 0, 0, True))]
+
+
+def _pointwise(prep: Prepared, i: int, entry: Entry, grad: Window):
+    return _masked(prep, i, entry, grad)
+
+
+RULES: dict[object, Rule] = {
+    aten.convolution.default: _convolution,
+    "batch_norm": _scale,
+    aten.relu.default: _masked,
+    "pointwise": _pointwise,
+    aten.add.Tensor: _binary,
+    aten.sub.Tensor: _binary,
+    aten.mul.Tensor: _binary,
+    aten.div.Tensor: _binary,
+    aten.mul.Scalar: _scalar,
+    aten.div.Scalar: _scalar,
+    aten.neg.default: _scalar,
+    aten.add.Scalar: _scalar,
+    aten.sub.Scalar: _scalar,
+    "identity": _identity,
+    aten.constant_pad_nd.default: _pad,
+    aten.slice.Tensor: _slice,
+    aten.cat.default: _cat,
+    aten.max_pool2d_with_indices.default: _max_pool,
+    "linear_per_sample": _linear_per_sample,
+}
+
+
+def siblings(prep: Prepared, leader: int, grads: dict[int, Window]):
+    members = prep.members[leader]
+    entry = prep.tape.entries[leader]
+    if len(grads) < len(members):
+        parts = []
+        for member, grad in sorted(grads.items()):
+            parts += _convolution(prep, member, prep.tape.entries[member], grad)
+        return parts
+    windows = [grads[m] for m in members]
+    top, left = min(w.top for w in windows), min(w.left for w in windows)
+    bottom = max(w.top + w.height for w in windows)
+    right = max(w.left + w.width for w in windows)
+    box = (top, left, bottom - top, right - left)
+    data = torch.cat([_extend(w, box) for w in windows], 1)
+    stacked = Window(data.contiguous(memory_format=torch.channels_last), top, left, True)
+    return _convolution(prep, leader, entry, stacked, stacked=True)

@@ -1,0 +1,186 @@
+"""Record one forward pass as a list of ATen operations (a "tape").
+
+The model runs once, for real, under a :class:`~torch.utils._python_dispatch.TorchDispatchMode`
+that notes every ATen call, which earlier call produced each of its tensor arguments and what it
+returned. The values are those of an ordinary eager forward (the same kernels on the same
+inputs), so ReLU masks and max-pool choices read from the tape are exactly the model's own.
+This is much cheaper than ``make_fx`` (about one forward pass) and needs no symbolic tracing,
+so shape-dependent Python (padding to a multiple of 16) is simply executed.
+
+Tensors that no recorded call produced (parameters, buffers, constants) are kept as values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor argument produced by tape entry ``node`` (element ``index`` of a tuple output)."""
+
+    node: int
+    index: int | None = None
+
+
+@dataclass
+class Entry:
+    """One ATen call: ``args``/``kwargs`` hold :class:`Ref` where a recorded tensor was used."""
+
+    func: Any
+    args: tuple
+    kwargs: dict
+    value: Any
+    name: str = ""
+
+    def tensor(self, index: int | None = None) -> torch.Tensor:
+        return self.value if index is None else self.value[index]
+
+
+@dataclass
+class Tape:
+    """Entries in execution order; ``source`` is the entry differentiated against."""
+
+    entries: list[Entry] = field(default_factory=list)
+    source: int = -1
+    output: Ref | None = None
+    result: Any = None
+
+    def value(self, ref: Ref) -> torch.Tensor:
+        return self.entries[ref.node].tensor(ref.index)
+
+    def users(self) -> list[list[int]]:
+        users: list[list[int]] = [[] for _ in self.entries]
+        for i, entry in enumerate(self.entries):
+            for ref in refs_in(entry):
+                users[ref.node].append(i)
+        return users
+
+
+def needed_entries(tape: Tape) -> list[bool]:
+    """Per entry: on a path from the source to the output (its cotangent can be non-zero)."""
+    count = len(tape.entries)
+    reaches = [False] * count
+    if tape.source < 0 or tape.output is None:
+        return reaches
+    reaches[tape.source] = True
+    for i, entry in enumerate(tape.entries):
+        if i != tape.source and any(reaches[r.node] for r in refs_in(entry)):
+            reaches[i] = True
+    needed = [False] * count
+    needed[tape.output.node] = reaches[tape.output.node]
+    for i in range(count - 1, -1, -1):
+        if needed[i]:
+            for ref in refs_in(tape.entries[i]):
+                if reaches[ref.node]:
+                    needed[ref.node] = True
+    return needed
+
+
+def refs_in(entry: Entry) -> list[Ref]:
+    leaves = pytree.tree_leaves((entry.args, entry.kwargs))
+    return [leaf for leaf in leaves if isinstance(leaf, Ref)]
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, tape: Tape, source: torch.Tensor | None):
+        super().__init__()
+        self.tape = tape
+        self.producer: dict[int, Ref] = {}
+        self.keep: list[torch.Tensor] = []
+        if source is not None:
+            self.add_source(source)
+
+    def add_source(self, tensor: torch.Tensor) -> None:
+        self.tape.entries.append(Entry(None, (), {}, tensor, "source"))
+        self.tape.source = len(self.tape.entries) - 1
+        self.producer[id(tensor)] = Ref(self.tape.source)
+        self.keep.append(tensor)
+
+    def _ref(self, leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor):
+            return self.producer.get(id(leaf), leaf)
+        return leaf
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        functional = _functional_form(func)
+        if functional is not None and args and isinstance(args[0], torch.Tensor):
+            self._snapshot(args[0])
+        out = func(*args, **kwargs)
+        rec_args, rec_kwargs = pytree.tree_map(self._ref, (args, kwargs))
+        node = len(self.tape.entries)
+        recorded = functional or func
+        self.tape.entries.append(Entry(recorded, rec_args, rec_kwargs, out, str(recorded)))
+        if isinstance(out, torch.Tensor):
+            self.producer[id(out)] = Ref(node)
+            self.keep.append(out)
+        elif isinstance(out, (tuple, list)):
+            for i, item in enumerate(out):
+                if isinstance(item, torch.Tensor):
+                    self.producer[id(item)] = Ref(node, i)
+                    self.keep.append(item)
+        return out
+
+    def _snapshot(self, tensor: torch.Tensor) -> None:
+        """Before an in-place op overwrites a recorded tensor, keep its old value on the tape
+        (rules read the values an operation saw, not what later became of them)."""
+        ref = self.producer.get(id(tensor))
+        if ref is None:
+            return
+        entry = self.tape.entries[ref.node]
+        copy = tensor.detach().clone()
+        if ref.index is None:
+            entry.value = copy
+        else:
+            entry.value = tuple(copy if i == ref.index else v for i, v in enumerate(entry.value))
+
+    def output_ref(self, output: Any) -> Ref | None:
+        if not isinstance(output, torch.Tensor):
+            return None
+        return self.producer.get(id(output))
+
+
+def _functional_form(func: Any) -> Any:
+    """``aten.relu_.default`` → ``aten.relu.default`` (None for ops that are not in-place)."""
+    name = func.overloadpacket.__name__
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(packet, func._overloadname, None) if packet is not None else None
+
+
+def record(model: nn.Module, image: torch.Tensor, layer: nn.Module | None = None) -> Tape:
+    """Run ``model(image[None])`` once under the recorder.
+
+    With ``layer``, the source is that module's output (replaced by an identical tensor the
+    recorder knows as the source); otherwise the source is the input batch. The model must be
+    in the mode wanted (eval) and parameters should not require grad.
+    """
+    tape = Tape()
+    batch = image[None].clone()
+    handle = None
+    recorder = _Recorder(tape, None if layer is not None else batch)
+    if layer is not None:
+
+        def substitute(module, inputs, output):
+            replacement = output.detach().clone()
+            recorder.add_source(replacement)
+            return replacement
+
+        handle = layer.register_forward_hook(substitute)
+    try:
+        with torch.no_grad(), recorder:
+            output = model(batch)
+    finally:
+        if handle is not None:
+            handle.remove()
+    tape.output = recorder.output_ref(output)
+    tape.result = output
+    return tape

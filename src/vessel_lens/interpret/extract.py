@@ -1,0 +1,339 @@
+"""Compute and store the Jacobians of a dataset's images (``vessel-lens jacobian``).
+
+One zarr store per image (:mod:`.store`), resumable block by block. Under ``torchrun`` the work
+is shared: rank 0 creates (or checks) every store and then all ranks compute blocks, whole
+images per rank when there are at least as many images as ranks, otherwise blocks of every
+image in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vessel_lens.errors import ConfigError, DataError, VesselLensError
+from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
+from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
+
+COMPARED = (
+    "model_name",
+    "model_config_hash",
+    "weights_hash",
+    "image_path",
+    "crop_box",
+    "output",
+    "target_class",
+    "dtype",
+    "pixels_hash",
+)
+"""Attributes that must match for a run to resume (or skip) an existing store."""
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of one ``vessel-lens jacobian`` run (field docs double as ``--help``)."""
+
+    checkpoint: str
+    """Checkpoint file, run folder or shipped checkpoint name."""
+    out: Path
+    """Folder for the stores (one <stem>.zarr per image)."""
+    data: str | None = None
+    """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
+    split: str = "test"
+    """Split whose images to use (train, val, test or all)."""
+    crop: int = 64
+    """Side of the centred square crop taken from each image; 0 for the whole image."""
+    images: list[str] = field(default_factory=list)
+    """Only these image stems (default: every image of the split)."""
+    dtype: str = "float32"
+    """Storage type of the rows: float32, float16 or uint8 (per-block min/max scaling)."""
+    pixels: list[tuple[int, int]] | None = None
+    """Output pixels (row, col) within the crop; default: all (see pixel_stride)."""
+    pixel_stride: int = 1
+    """Every S-th output pixel in each direction (the original's sampling_rate)."""
+    output: str = "probability"
+    """Differentiated output: probability, logit or margin."""
+    target_class: int = 1
+    """Class whose output is differentiated."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    strategy: str = "auto"
+    """auto, linear, vmap or loop."""
+    chunk_rows: int | None = None
+    """Rows per stored block and per batched backward pass (default: sized to memory)."""
+    overwrite: bool = False
+    """Replace stores that hold different settings or are finished."""
+    progress: bool = True
+    """Show a progress bar (rows/s, ETA)."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.crop < 0:
+            raise ConfigError(f"--crop {self.crop}: must be positive (or 0 for whole images)")
+        if self.pixel_stride < 1:
+            raise ConfigError(f"--pixel-stride {self.pixel_stride}: must be at least 1")
+        if self.pixels is not None and self.pixel_stride != 1:
+            raise ConfigError("--pixels and --pixel-stride exclude each other")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows {self.chunk_rows}: must be at least 1")
+
+
+@dataclass
+class ExtractResult:
+    """What a run did: stores touched, blocks computed here and blocks found finished."""
+
+    stores: list[Path] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    is_main: bool = True
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def crop_box(height: int, width: int, crop: int, stem: str) -> tuple[int, int, int, int]:
+    """Centred (top, left, height, width); the whole image for ``crop`` 0."""
+    if crop == 0:
+        return 0, 0, height, width
+    if crop > height or crop > width:
+        raise DataError(f"image {stem} is {height}x{width}, smaller than --crop {crop}")
+    return (height - crop) // 2, (width - crop) // 2, crop, crop
+
+
+def select_pixels(config: ExtractConfig, height: int, width: int) -> torch.Tensor:
+    """Flat output-pixel indices of the rows to compute, row-major."""
+    if config.pixels is not None:
+        pairs = torch.tensor(config.pixels, dtype=torch.long).reshape(-1, 2)
+        bad = (pairs[:, 0] >= height) | (pairs[:, 1] >= width) | (pairs < 0).any(1)
+        if bool(bad.any()):
+            r, c = pairs[bad][0].tolist()
+            raise ConfigError(f"--pixels {r}:{c} lies outside the {height}x{width} crop")
+        return pairs[:, 0] * width + pairs[:, 1]
+    rows = torch.arange(0, height, config.pixel_stride)
+    cols = torch.arange(0, width, config.pixel_stride)
+    return (rows[:, None] * width + cols[None, :]).reshape(-1)
+
+
+@dataclass
+class _Job:
+    stem: str
+    path: Path
+    image: torch.Tensor
+    pixels: torch.Tensor
+    attrs: dict[str, Any]
+
+
+def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Job]:
+    from vessel_lens.data.source import open_dataset
+
+    dataset = open_dataset(config.data, keep_channels=model_in_channels > 1, require_labels=False)
+    samples = dataset.subset(config.split)
+    if config.images:
+        known = {s.stem: s for s in samples}
+        missing = [stem for stem in config.images if stem not in known]
+        if missing:
+            preview = ", ".join(sorted(known)[:5])
+            raise DataError(
+                f"--images {missing[0]}: not in split {config.split!r} of {dataset.name} "
+                f"(it holds {len(known)} images, e.g. {preview})"
+            )
+        samples = [known[stem] for stem in dict.fromkeys(config.images)]
+    base = {
+        "model_name": checkpoint.model_name,
+        "model_kwargs": checkpoint.model_kwargs,
+        "model_config_hash": _hash(
+            {"name": checkpoint.model_name, "kwargs": checkpoint.model_kwargs}
+        ),
+        "weights_hash": weights_hash(checkpoint.state_dict),
+        "checkpoint": str(checkpoint.path),
+        "output": config.output,
+        "target_class": config.target_class,
+        "dtype": config.dtype,
+    }
+    jobs = []
+    for sample in samples:
+        height, width = sample.size
+        top, left, h, w = crop_box(height, width, config.crop, sample.stem)
+        image = sample.image[:, top : top + h, left : left + w].float()
+        pixels = select_pixels(config, h, w)
+        image_path = (
+            str(sample.image_path) if sample.image_path else f"{dataset.name}:{sample.stem}"
+        )
+        attrs = {
+            **base,
+            "image_path": image_path,
+            "stem": sample.stem,
+            "crop_box": [top, left, h, w],
+            "pixel_stride": config.pixel_stride,
+            "pixels_hash": _hash(pixels.tolist()),
+        }
+        jobs.append(_Job(sample.stem, config.out / f"{sample.stem}.zarr", image, pixels, attrs))
+    return jobs
+
+
+def _differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return [key for key in COMPARED if existing.get(key) != wanted.get(key)]
+
+
+def _prepare_store(config: ExtractConfig, job: _Job, model, device, chunk_rows) -> JacobianStore:
+    """Open a matching store to resume, or create one; refuse to replace a user's results."""
+    if job.path.exists():
+        try:
+            store = JacobianStore.open(job.path)
+        except UnfinishedCreation:
+            store = None
+        except DataError:
+            if not config.overwrite:
+                raise DataError(
+                    f"{job.path}: exists but is not a readable Jacobian store; "
+                    "remove it or pass --overwrite"
+                ) from None
+            store = None
+        if store is not None:
+            different = _differences(store.attrs, job.attrs)
+            if not different and not (config.overwrite and store.complete):
+                return store
+            if not config.overwrite:
+                state = "a finished" if store.complete else "an unfinished"
+                raise ConfigError(
+                    f"{job.path}: holds {state} Jacobian computed with different "
+                    f"{', '.join(different)}; choose another --out or pass --overwrite"
+                )
+    engine = _engine(config, model, job, device)
+    return JacobianStore.create(
+        job.path,
+        pixels=job.pixels,
+        image=job.image,
+        probability=engine.probability.cpu(),
+        source_shape=tuple(job.image.shape),
+        chunk_rows=chunk_rows or engine.default_chunk(),
+        dtype=config.dtype,
+        attrs={**job.attrs, "strategy": engine.strategy},
+        replace=True,
+    )
+
+
+def _engine(config: ExtractConfig, model, job: _Job, device) -> JacobianEngine:
+    return JacobianEngine(
+        model,
+        job.image,
+        target_class=config.target_class,
+        output=config.output,
+        device=device,
+        strategy=config.strategy,
+    )
+
+
+def _write_run_config(config: ExtractConfig) -> None:
+    payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    config.out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".jacobian-run.", suffix=".json", dir=config.out)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, config.out / "jacobian-run.json")
+
+
+def _share(ctx, stores: list[JacobianStore]) -> list[tuple[JacobianStore, int]]:
+    """This rank's (store, block) pairs among the unfinished blocks."""
+    pending = [(s, int(b)) for s in stores for b in (~s.done()).nonzero()[0]]
+    if len(stores) >= ctx.world_size:
+        mine = set(id(s) for s in ctx.shard(stores))
+        return [(s, b) for s, b in pending if id(s) in mine]
+    return ctx.shard(pending)
+
+
+def extract_jacobians(config: ExtractConfig) -> ExtractResult:
+    """Run the extraction described by ``config`` (see the module docs)."""
+    from tqdm import tqdm
+
+    from vessel_lens.devices import resolve_device
+    from vessel_lens.distributed import init_distributed
+    from vessel_lens.models import load_model
+
+    ctx = init_distributed(resolve_device(config.device))
+    model, checkpoint = load_model(config.checkpoint, ctx.device)
+    in_channels = int(checkpoint.model_kwargs.get("in_channels", 1))
+    jobs = _jobs(config, checkpoint, in_channels)
+    result = ExtractResult(stores=[job.path for job in jobs])
+    error = None
+    if ctx.is_main:
+        try:
+            _write_run_config(config)
+            for job in jobs:
+                _prepare_store(config, job, model, ctx.device, config.chunk_rows)
+        except VesselLensError as exc:
+            error = exc
+    _agree(ctx, error)
+    stores = [JacobianStore.open(job.path) for job in jobs]
+    result.skipped = sum(int(s.done().sum()) for s in stores)
+    work = _share(ctx, stores)
+    ctx.barrier()  # every rank has read the done flags before any rank writes a block
+    images = {id(s): job for s, job in zip(stores, jobs, strict=True)}
+    start = time.perf_counter()
+    total = sum(len(range(*s.bounds(b))) for s, b in work)
+    bar = tqdm(
+        total=total, unit="row", disable=not (config.progress and ctx.is_main), smoothing=0.1
+    )
+    engine_for: tuple[int, JacobianEngine] | None = None
+    for store, block in work:
+        job = images[id(store)]
+        if engine_for is None or engine_for[0] != id(store):
+            bar.set_description(job.stem)
+            engine_for = (id(store), _engine(config, model, job, ctx.device))
+        first, stop = store.bounds(block)
+        rows = engine_for[1].rows(job.pixels[first:stop])
+        store.write(block, rows)
+        result.computed += 1
+        result.rows += stop - first
+        bar.update(stop - first)
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    result.is_main = ctx.is_main
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        counts = torch.tensor([result.computed, result.rows], dtype=torch.long)
+        dist.all_reduce(counts)
+        result.computed, result.rows = (int(v) for v in counts)
+    return result
+
+
+def _agree(ctx, error: Exception | None) -> None:
+    """Raise rank 0's setup error on every rank (so none waits forever at a barrier)."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        message = [None if error is None else (type(error).__name__, str(error))]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None:
+            kind = {"DataError": DataError}.get(message[0][0], ConfigError)
+            raise kind(message[0][1])
+    elif error is not None:
+        raise error

@@ -1,0 +1,311 @@
+"""Exact Jacobians of a segmentation model's per-pixel output with respect to its input.
+
+Row n of the Jacobian is the gradient of the output at pixel ``pixels[n]`` (the probability,
+logit or margin of ``target_class``) with respect to every input pixel: ``J`` is (N, C, H, W).
+Three strategies compute the same numbers:
+
+``linear``  one recorded forward pass, then a hand-written batched backward that only touches
+            the rectangle where each chunk's cotangents can be non-zero (fast; models built from
+            convolutions, BatchNorm, element-wise activations, additions, pads, crops, pooling).
+``vmap``    ``torch.func.vjp`` + ``vmap`` over chunks of one-hot cotangents on a
+            BatchNorm-folded copy (any differentiable model).
+``loop``    one ``torch.autograd.grad`` per output pixel: the original method, the reference.
+
+``auto`` uses ``linear`` when the model's operations all have rules and ``vmap`` otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vessel_lens.errors import ConfigError
+from vessel_lens.interpret._autograd import LoopStrategy, VmapStrategy, forward_from
+from vessel_lens.interpret._inputs import flat_pixels, frozen_eval, output_seeds
+from vessel_lens.interpret._linear import LinearStrategy, Unsupported
+from vessel_lens.interpret._tape import record
+from vessel_lens.interpret.fold import fold_batch_norm
+
+OUTPUTS = ("probability", "logit", "margin")
+STRATEGIES = ("auto", "linear", "vmap", "loop")
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_MEMORY_BUDGET = 1 << 30
+_MAX_CHUNK = {"linear": 256, "vmap": 64, "loop": 64}
+_MAX_CHUNK_CUDA = {"linear": 2048, "vmap": 512, "loop": 64}
+
+
+def _model_device(model: nn.Module, image: torch.Tensor) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return image.device
+
+
+def _on(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    tensors = (*model.parameters(), *model.buffers())
+    floating = [t for t in tensors if t.is_floating_point()]
+    if all(t.device == device for t in tensors) and all(t.dtype == dtype for t in floating):
+        return model
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
+
+
+class JacobianEngine:
+    """One model and image prepared for computing Jacobian rows in chunks.
+
+    The forward pass happens here, once; :meth:`rows` then computes any pixels' rows. The
+    caller's model is left as found. ``strategy`` is the strategy actually used; ``logits``
+    the model's (1, K, H, W) output and ``probability`` the softmax of ``target_class``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image: torch.Tensor,
+        *,
+        target_class: int = 1,
+        output: str = "probability",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        layer: str | None = None,
+        strategy: str = "auto",
+    ):
+        if output not in OUTPUTS:
+            raise ConfigError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype}: choose float32, float64, bfloat16 or float16")
+        if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ConfigError(f"image must be a (C, H, W) or (H, W) tensor, not {shape}")
+        if not image.is_floating_point():
+            raise ConfigError(f"image must be floating point, not {image.dtype}")
+        low_precision = dtype in (torch.bfloat16, torch.float16)
+        if low_precision and strategy in ("vmap", "loop"):
+            raise ConfigError(f"dtype {dtype} is only supported by the linear strategy")
+        self.device = torch.device(device) if device is not None else _model_device(model, image)
+        self.output, self.dtype, self.layer = output, dtype, layer
+        forward_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        image = (image[None] if image.dim() == 2 else image).to(self.device, forward_dtype)
+        with frozen_eval(model):
+            work = _on(model, self.device, forward_dtype)
+            with frozen_eval(work):
+                module = self._layer_module(work)
+                source = self._source(work, image, module)
+                self.logits = self._forward(work, image, module)
+                self._check_target(target_class)
+                self.target_class = target_class
+                self.strategy_impl = self._build(work, image, module, source, strategy)
+        self.source_shape = tuple(source.shape[1:])
+        self.strategy = self.strategy_impl.name
+        self.height, self.width = (int(s) for s in self.logits.shape[-2:])
+        self.probability = self.logits.softmax(1)[0, target_class].float()
+
+    def _layer_module(self, model: nn.Module) -> nn.Module | None:
+        if self.layer is None:
+            return None
+        try:
+            return model.get_submodule(self.layer)
+        except AttributeError:
+            raise ConfigError(
+                f"layer {self.layer!r}: the model has no such submodule (see model.named_modules())"
+            ) from None
+
+    def _source(self, model: nn.Module, image: torch.Tensor, module: nn.Module | None):
+        if module is None:
+            return image[None]
+        captured: list[object] = []
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            with torch.no_grad():
+                model(image[None])
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ConfigError(
+                f"layer {self.layer!r} runs {len(captured)} times per forward pass; "
+                "its feature map is ambiguous"
+            )
+        features = captured[0]
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            raise ConfigError(f"layer {self.layer!r} does not output a (B, C, H, W) tensor")
+        return features.detach()
+
+    def _forward(self, model: nn.Module, image: torch.Tensor, module: nn.Module | None):
+        self.tape = record(model, image, module)
+        logits = self.tape.result
+        sizes = [t.numel() for t in _tensors(self.tape)] or [0]
+        self._largest, self._total = max(sizes), sum(sizes)
+        height, width = image.shape[-2:]
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            shape = (
+                tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            )
+            raise ConfigError(f"model output must be (B, K, H, W) logits, not {shape}")
+        if logits.shape[0] != 1 or tuple(logits.shape[-2:]) != (height, width):
+            raise ConfigError(
+                f"model output {tuple(logits.shape)} does not match the input "
+                f"(1, K, {height}, {width})"
+            )
+        return logits.detach()
+
+    def _check_target(self, target: int) -> None:
+        classes = int(self.logits.shape[1])
+        if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < classes:
+            raise ConfigError(
+                f"target_class {target!r}: the model has {classes} classes (0..{classes - 1})"
+            )
+        if self.output in ("probability", "margin") and classes < 2:
+            raise ConfigError(
+                f"output {self.output!r} needs at least 2 classes; the model has 1 (use 'logit')"
+            )
+
+    def _build(self, model, image, module, source, strategy):
+        if strategy in ("auto", "linear"):
+            try:
+                return LinearStrategy(self.tape, self.dtype)
+            except Unsupported as exc:
+                if strategy == "linear":
+                    raise ConfigError(
+                        f"strategy 'linear' cannot handle this model: {exc}"
+                    ) from None
+                if self.dtype in (torch.bfloat16, torch.float16):
+                    raise ConfigError(
+                        f"dtype {self.dtype} needs the linear strategy: {exc}"
+                    ) from None
+        self.tape = None
+        if strategy == "loop":
+            function = forward_from(model, image[None], module)
+            return LoopStrategy(function, source, self.target_class, self.output)
+        work = model if module is not None else fold_batch_norm(model, image[None])
+        return VmapStrategy(forward_from(work, image[None], module), source)
+
+    def rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Jacobian rows for flat output pixel indices: (N, *source shape) in ``dtype``."""
+        seeds = output_seeds(self.logits, flat, self.target_class, self.output)
+        rows = self.strategy_impl.rows(flat.to(self.device), seeds.to(self.device, self.dtype))
+        return rows.to(self.dtype)
+
+    def default_chunk(self) -> int:
+        """Rows per chunk: as many as fit the memory budget, up to a per-strategy cap,
+        rounded to whole image rows when a chunk spans more than one."""
+        if self.strategy == "linear":
+            per_row = 6 * max(self._largest, int(torch.tensor(self.source_shape).prod()))
+        else:
+            per_row = 3 * self._total
+        per_row *= torch.finfo(self.dtype).bits // 8
+        budget = _MEMORY_BUDGET
+        if self.device.type == "cuda":
+            budget = max(budget, torch.cuda.mem_get_info(self.device)[0] // 4)
+        caps = _MAX_CHUNK_CUDA if self.device.type == "cuda" else _MAX_CHUNK
+        chunk = max(1, min(caps[self.strategy], budget // max(per_row, 1)))
+        if chunk >= self.width:
+            chunk -= chunk % self.width
+        return chunk
+
+    def chunks(self, flat: torch.Tensor, chunk_size: int | None = None):
+        """Yield (flat pixel indices, rows) for consecutive chunks of ``flat``."""
+        size = chunk_size or self.default_chunk()
+        for start in range(0, len(flat), size):
+            part = flat[start : start + size]
+            yield part, self.rows(part)
+
+
+def _tensors(tape) -> Iterator[torch.Tensor]:
+    for entry in tape.entries:
+        values = entry.value if isinstance(entry.value, (tuple, list)) else (entry.value,)
+        for value in values:
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                yield value
+
+
+def _check_chunk(chunk_size: int | None) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"chunk_size {chunk_size!r}: must be a positive integer")
+
+
+def iter_jacobian(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    target_class: int = 1,
+    output: str = "probability",
+    pixels: object = None,
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    layer: str | None = None,
+    strategy: str = "auto",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream the Jacobian: yield (flat pixel indices (n,), rows (n, C, H, W)) chunk by chunk,
+    in the order of ``pixels``. Arguments as for :func:`jacobian`."""
+    _check_chunk(chunk_size)
+    engine = JacobianEngine(
+        model,
+        image,
+        target_class=target_class,
+        output=output,
+        device=device,
+        dtype=dtype,
+        layer=layer,
+        strategy=strategy,
+    )
+    flat = flat_pixels(pixels, engine.height, engine.width)
+    yield from engine.chunks(flat, chunk_size)
+
+
+def jacobian(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    target_class: int = 1,
+    output: str = "probability",
+    pixels: object = None,
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    layer: str | None = None,
+    strategy: str = "auto",
+) -> torch.Tensor:
+    """Gradient of the output at each pixel with respect to the input: (N, C, H, W).
+
+    Args:
+        model: maps (B, C, H, W) to (B, K, H, W) logits; evaluated in eval mode, and its
+            mode and parameters' ``requires_grad`` are restored afterwards.
+        image: (C, H, W) or (H, W) (then C = 1).
+        target_class: the class whose output is differentiated.
+        output: ``"probability"`` (softmax), ``"logit"``, or ``"margin"`` (target logit minus
+            the log-sum-exp of the other logits).
+        pixels: ``None`` (all H·W output pixels, row-major), flat indices (N,), or (N, 2)
+            (row, col) pairs.
+        chunk_size: rows per batched backward pass (default: sized to memory).
+        device: where to compute (default: the model's device).
+        dtype: float32 (default), float64, or bfloat16/float16 (``linear`` only: the forward
+            pass stays float32, the backward pass runs in the lower precision).
+        layer: name of a submodule (``model.named_modules()``); the gradient is then taken
+            with respect to its output feature map and rows are (N, C_l, H_l, W_l).
+        strategy: ``"auto"``, ``"linear"``, ``"vmap"`` or ``"loop"`` (see the module docs).
+
+    Row n is d output[pixels[n]] / d source, on ``device``, in ``dtype``.
+    """
+    _check_chunk(chunk_size)
+    engine = JacobianEngine(
+        model,
+        image,
+        target_class=target_class,
+        output=output,
+        device=device,
+        dtype=dtype,
+        layer=layer,
+        strategy=strategy,
+    )
+    flat = flat_pixels(pixels, engine.height, engine.width)
+    order = torch.argsort(flat, stable=True)
+    result = torch.empty((len(flat), *engine.source_shape), dtype=dtype, device=engine.device)
+    done = 0
+    for _, rows in engine.chunks(flat[order], chunk_size):
+        result[order[done : done + len(rows)]] = rows
+        done += len(rows)
+    return result

@@ -1,0 +1,347 @@
+"""The HTML report (``vessel-lens report``): one self-contained page plus its PNGs and CSVs.
+
+Per image: input, softmax vessel probability and errors; per chosen pixel the thresholded-gradient
+map (count and box from :func:`~vessel_lens.interpret.thresholds.pixel_stats`) and the signed
+gradient; the attribution methods side by side for every chosen pixel. Then the training curves
+and metrics (from a run folder), the model-parameter randomisation test and deletion/insertion
+curves on the first image(s), and the receptive-field statistics of a ``vessel-lens erf``
+output folder when one is given.
+
+**Default pixels** (when none are given), chosen on each image from the prediction
+(probability > 0.5) and the label, each the one closest to the image centre among its
+candidates: a *confident vessel* pixel (predicted and labelled vessel, probability in the top
+10 % of those), a *background* pixel (neither predicted nor labelled, probability in the
+bottom 10 %), and a *confident false positive* (top 10 % of the false positives) if there is
+one, otherwise a *clear false negative* (bottom 10 % of the false negatives), if any. Without a
+label: the vessel and background pixels of the prediction.
+
+Methods run with cheaper settings than the library defaults so a report stays quick on a CPU
+(:func:`report_method_options`): 16 integration steps, 8 noise/baseline samples, occlusion
+windows of 1/8 of the image side moved by the same amount. Attribution panels are zoomed to a
+window of ``ReportOptions.zoom`` pixels around each target; the PNGs keep that zoom.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vessel_lens.data.samples import Sample
+from vessel_lens.errors import ConfigError
+from vessel_lens.interpret.attribution import METHODS, attribute
+from vessel_lens.interpret.jacobian import jacobian
+from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
+from vessel_lens.training.inference import vessel_probability
+from vessel_lens.viz import html_page as hp
+from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
+from vessel_lens.viz.report_sections import erf_section, sanity_section, training_section, write_csv
+
+REPORT_FILE = "report.html"
+SANITY_METHODS = ("saliency", "guided_backprop")
+DELETION_METHODS = ("saliency", "integrated_gradients")
+
+
+@dataclass
+class ReportOptions:
+    """What the report shows and how much it computes."""
+
+    pixels: list[tuple[int, int]] | None = None
+    """Output pixels (row, col) of every image (after cropping); default: chosen per image."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Attribution methods compared at the chosen pixels."""
+    threshold: float = 0.01
+    """Fraction of each pixel's own maximum |gradient| for the thresholded-gradient maps."""
+    sanity_images: int = 1
+    """Images (the first ones) that get the randomisation test and deletion curves; 0: none."""
+    sanity_methods: list[str] = field(default_factory=lambda: list(SANITY_METHODS))
+    """Methods of the randomisation test (receptive-field maps are always included)."""
+    deletion_methods: list[str] = field(default_factory=lambda: list(DELETION_METHODS))
+    """Methods whose order drives the deletion/insertion curves of the first pixel."""
+    seed: int = 0
+    """Seed of the stochastic methods, the random weights and the random orders."""
+    zoom: int = 96
+    """Side of the window around each target that attribution panels show (0: whole image)."""
+
+    def __post_init__(self) -> None:
+        for name in (*self.methods, *self.sanity_methods, *self.deletion_methods):
+            if name not in METHODS:
+                raise ConfigError(f"method {name!r}: choose from {', '.join(METHODS)}")
+        if not self.methods:
+            raise ConfigError("--methods: give at least one attribution method")
+        if not 0 < self.threshold <= 1:
+            raise ConfigError(f"--threshold {self.threshold}: must be in (0, 1]")
+        if self.sanity_images < 0:
+            raise ConfigError("--sanity-images must be >= 0")
+        if self.zoom < 0:
+            raise ConfigError("--zoom must be >= 0")
+
+
+@dataclass
+class ReportOutputs:
+    html: Path
+    figures: list[Path]
+    tables: list[Path]
+    seconds: float
+
+
+def report_method_options(method: str, height: int, width: int, seed: int = 0) -> dict[str, Any]:
+    """The report's (cheaper) settings of ``method`` for an image of this size."""
+    if method == "integrated_gradients":
+        return {"n_steps": 16, "internal_batch_size": 4}
+    if method == "smoothgrad":
+        return {"nt_samples": 8, "seed": seed}
+    if method == "gradient_shap":
+        return {"n_samples": 8, "seed": seed}
+    if method == "occlusion":
+        window = max(4, min(height, width) // 8)
+        return {"window": window, "stride": window}
+    return {}
+
+
+def _closest_to_centre(candidates: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, int]:
+    centre = torch.tensor([(shape[0] - 1) / 2, (shape[1] - 1) / 2])
+    distance = ((candidates.float() - centre) ** 2).sum(1)
+    row, col = candidates[int(torch.argmin(distance))].tolist()
+    return int(row), int(col)
+
+
+def choose_pixels(
+    probability: torch.Tensor, label: torch.Tensor | None
+) -> list[tuple[int, int, str]]:
+    """Default pixels (row, col, why) of one image (see module docs)."""
+    shape = tuple(probability.shape)
+    predicted = probability > 0.5
+    truth = predicted if label is None else label.bool()
+    chosen = []
+    for why, region, top in (
+        ("vessel", predicted & truth, True),
+        ("background", ~predicted & ~truth, False),
+        ("false positive", predicted & ~truth, True),
+        ("false negative", ~predicted & truth, False),
+    ):
+        if why == "false negative" and chosen and chosen[-1][2] == "false positive":
+            break
+        values = probability[region]
+        if values.numel() == 0:
+            continue
+        cut = float(torch.quantile(values.double(), 0.9 if top else 0.1))
+        keep = region & ((probability >= cut) if top else (probability <= cut))
+        chosen.append((*_closest_to_centre(torch.nonzero(keep), shape), why))
+    return chosen
+
+
+def crop_sample(sample: Sample, crop: int) -> Sample:
+    """The centred ``crop`` x ``crop`` part of a sample (the sample itself for 0)."""
+    if crop == 0:
+        return sample
+    height, width = sample.size
+    if crop < 16 or crop > height or crop > width:
+        raise ConfigError(
+            f"--crop {crop}: must be 0 or between 16 and the image size "
+            f"({sample.stem} is {height}x{width})"
+        )
+    top, left = (height - crop) // 2, (width - crop) // 2
+
+    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[..., top : top + crop, left : left + crop].clone()
+
+    return Sample(sample.stem, cut(sample.image), cut(sample.label), cut(sample.skeleton))
+
+
+def _pixels_for(
+    sample: Sample, probability: torch.Tensor, given: list[tuple[int, int]] | None
+) -> list[tuple[int, int, str]]:
+    if given is None:
+        return choose_pixels(probability, sample.label)
+    height, width = sample.size
+    for row, col in given:
+        if not (0 <= row < height and 0 <= col < width):
+            raise ConfigError(
+                f"--pixels {row},{col}: outside image {sample.stem} ({height}x{width})"
+            )
+    return [(int(r), int(c), "given") for r, c in given]
+
+
+@dataclass
+class _ImageResult:
+    sample: Sample
+    pixels: list[tuple[int, int, str]]
+    maps: list[dict[str, torch.Tensor]]
+    html: str
+    attribution_html: str
+    figures: list[Path]
+
+
+def _image_part(
+    model: nn.Module,
+    sample: Sample,
+    options: ReportOptions,
+    figures: Path,
+    device: torch.device,
+    bar: tqdm,
+    table_rows: list[dict],
+) -> _ImageResult:
+    """Panels, pixel statistics and the attribution grid of one image."""
+    image = sample.image
+    height, width = sample.size
+    probability = vessel_probability(model, image, device)
+    pixels = _pixels_for(sample, probability, options.pixels)
+    bar.total += len(pixels) * len(options.methods)
+    bar.refresh()
+    coords = torch.tensor([[r, c] for r, c, _ in pixels], dtype=torch.long).reshape(-1, 2)
+    # one autograd pass per row ("loop") is the quickest strategy for a handful of pixels
+    gradients = jacobian(model, image, pixels=coords, device=device, strategy="loop")
+    gradients = gradients.float().cpu()
+    magnitude = gradient_magnitude(gradients)
+    stats = [pixel_stats(m, threshold_value(m, options.threshold, "pixel")) for m in magnitude]
+    panel = pixel_panels(
+        image,
+        probability,
+        sample.label,
+        pixels,
+        gradients,
+        stats,
+        figures / f"{sample.stem}_pixels.png",
+        zoom=options.zoom,
+    )
+    rows = []
+    for (row, col, why), stat in zip(pixels, stats, strict=True):
+        entry: dict[str, Any] = {"image": sample.stem, "row": row, "col": col, "chosen as": why}
+        entry["probability"] = float(probability[row, col])
+        if sample.label is not None:
+            entry["label"] = int(sample.label[row, col])
+        values = stat.as_dict()
+        entry.update({k: values[k] for k in ("count", "top", "left", "bottom", "right")})
+        entry["fulfillment"] = stat.fulfillment
+        rows.append(entry)
+    table_rows += rows
+    grid_rows, all_maps = [], []
+    for row, col, why in pixels:
+        target = pixel_target(row, col, (height, width))
+        maps = {}
+        for method in options.methods:
+            bar.set_postfix_str(f"{sample.stem} ({row},{col}) {method}")
+            settings = report_method_options(method, height, width, options.seed)
+            maps[method] = attribute(model, image, target, method, **settings)
+            bar.update(1)
+        grid_rows.append((f"({row}, {col}) {why}", target.mask.numpy(), maps))
+        all_maps.append(maps)
+    grid = attribution_grid(
+        image, grid_rows, figures / f"{sample.stem}_attributions.png", zoom=options.zoom
+    )
+    parts = [
+        f"<h3>{hp.escape(sample.stem)} ({height}x{width})</h3>",
+        hp.embed_png(panel, f"{sample.stem}: input, probability, thresholded gradients"),
+        hp.table(rows),
+    ]
+    attribution_html = f"<h3>{hp.escape(sample.stem)}</h3>" + hp.embed_png(
+        grid, f"{sample.stem}: attribution methods"
+    )
+    return _ImageResult(sample, pixels, all_maps, "".join(parts), attribution_html, [panel, grid])
+
+
+def check_output(out: Path, overwrite: bool) -> Path:
+    """Refuse a folder that already holds a report unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if (out / REPORT_FILE).exists() and not overwrite:
+        raise ConfigError(
+            f"{out}: already holds {REPORT_FILE}; choose another folder or pass --overwrite"
+        )
+    return out
+
+
+def write_report(
+    model: nn.Module,
+    samples: list[Sample],
+    out: Path,
+    *,
+    options: ReportOptions | None = None,
+    description: dict[str, str] | None = None,
+    run_dir: Path | None = None,
+    run_note: str = "",
+    erf_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ReportOutputs:
+    """Compute everything and write ``out/report.html``, ``out/figures/``, ``out/tables/``.
+
+    ``description`` (checkpoint, data, split, ...) heads the page; ``run_dir`` is a training
+    run folder (``run_note`` says why there is none); ``erf_dir`` a receptive-field folder.
+    """
+    started = time.perf_counter()
+    options = options or ReportOptions()
+    out = check_output(out, overwrite)
+    if erf_dir is not None and not Path(erf_dir).is_dir():
+        raise ConfigError(f"--erf {erf_dir}: not a folder")
+    if not samples:
+        raise ConfigError("report: no image to show")
+    figures, tables = out / "figures", out / "tables"
+    figures.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    checked = min(options.sanity_images, len(samples))
+    pixel_rows: list[dict] = []
+    produced: list[Path] = []
+    with tqdm(total=3 * checked, desc="report", unit="step", disable=not progress) as bar:
+        images = [_image_part(model, s, options, figures, device, bar, pixel_rows) for s in samples]
+        sanity_parts = []
+        for result in images[:checked]:
+            html_text, files = sanity_section(
+                model,
+                result.sample,
+                result.pixels,
+                result.maps[0] if result.maps else {},
+                options,
+                figures,
+                tables,
+                bar,
+            )
+            sanity_parts.append(html_text)
+            produced += files
+    produced += [f for r in images for f in r.figures]
+    produced.append(write_csv(tables / "pixels.csv", pixel_rows))
+    settings = [
+        {"method": m, "settings": str(report_method_options(m, *samples[0].size, options.seed))}
+        for m in options.methods
+    ]
+    intro = [hp.table([{"item": k, "value": v} for k, v in (description or {}).items()])]
+    sections = [
+        ("Images and chosen pixels", "images", "".join(r.html for r in images)),
+        ("Training", "training", training_section(run_dir, run_note)),
+        (
+            "Attribution methods",
+            "attributions",
+            hp.paragraph(
+                "Each row explains one chosen pixel's vessel probability (outlined); red "
+                "raises it, blue lowers it, colour limits at the 99.5th percentile of |map| "
+                "(Grad-CAM is non-negative). Settings per method:"
+            )
+            + hp.table(settings)
+            + "".join(r.attribution_html for r in images),
+        ),
+        (
+            "Sanity checks",
+            "sanity",
+            "".join(sanity_parts)
+            or hp.paragraph("Sanity checks were skipped (--sanity-images 0)."),
+        ),
+        ("Receptive-field statistics", "erf", erf_section(erf_dir)),
+    ]
+    sections = [(t, a, hp.section(t, a, [h])) for t, a, h in sections]
+    html_path = out / REPORT_FILE
+    html_path.write_text(hp.page("vessel-lens report", intro, sections), encoding="utf-8")
+    return ReportOutputs(
+        html_path,
+        sorted(p for p in produced if p.suffix == ".png"),
+        sorted(p for p in produced if p.suffix == ".csv"),
+        time.perf_counter() - started,
+    )

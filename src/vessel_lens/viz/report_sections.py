@@ -1,0 +1,216 @@
+"""Sections of the HTML report that read other outputs or run the sanity checks: training run
+folders, receptive-field folders, the randomisation test and deletion/insertion curves."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vessel_lens.data.samples import Sample
+from vessel_lens.errors import ConfigError
+from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, deletion_curves, randomisation_test
+from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.viz import html_page as hp
+from vessel_lens.viz.attribution_plots import deletion_plot, randomisation_plot
+
+if TYPE_CHECKING:
+    from vessel_lens.viz.report import ReportOptions
+
+ERF_TABLE_PATTERNS = ("summary*.csv", "stats*.csv")
+"""CSV files of a receptive-field folder shown as tables (searched in every sub-folder)."""
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def find_run_folder(run: Path | None, checkpoint_path: Path | None) -> tuple[Path | None, str]:
+    """The run folder to show: ``run`` if given, else the checkpoint's folder when it holds a
+    ``metrics.csv``; with ``None``, the reason there is none."""
+    if run is not None:
+        run = Path(run)
+        if not ((run / "metrics.csv").is_file() or (run / "curves.png").is_file()):
+            raise ConfigError(f"--run {run}: holds neither metrics.csv nor curves.png")
+        return run, ""
+    if checkpoint_path is not None and (Path(checkpoint_path).parent / "metrics.csv").is_file():
+        return Path(checkpoint_path).parent, ""
+    return None, "No run folder: pass --run, or a checkpoint that lies in its run folder."
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def training_section(run_dir: Path | None, note: str = "") -> str:
+    """Learning curves (the run's ``curves.png``) and its best and last epochs."""
+    if run_dir is None:
+        return hp.paragraph(note or "No run folder given.", "missing")
+    parts = [hp.paragraph(f"Run folder: {run_dir}")]
+    if (run_dir / "curves.png").is_file():
+        parts.append(hp.embed_png(run_dir / "curves.png", "learning curves"))
+    else:
+        parts.append(hp.paragraph("The run folder holds no curves.png.", "missing"))
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        with metrics.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            scored = [r for r in rows if not math.isnan(_float(r.get("val_dice", "")))]
+            shown = []
+            if scored:
+                best = max(scored, key=lambda r: _float(r["val_dice"]))
+                shown.append({"row": "best validation Dice", **best})
+            shown.append({"row": "last epoch", **rows[-1]})
+            typed = [{k: v if k == "row" else _number(v) for k, v in r.items()} for r in shown]
+            parts += [hp.table(typed), hp.paragraph(f"{len(rows)} epochs in metrics.csv.")]
+    return "".join(parts)
+
+
+def _number(text: str) -> Any:
+    value = _float(text)
+    if math.isnan(value):
+        return text
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def erf_section(erf_dir: Path | None) -> str:
+    """Every ``*.png`` of the folder and its ``summary*.csv`` / ``stats*.csv`` tables."""
+    if erf_dir is None:
+        return hp.paragraph(
+            "No receptive-field folder given (--erf DIR, the output of the receptive-field "
+            "command).",
+            "missing",
+        )
+    erf_dir = Path(erf_dir)
+    if not erf_dir.is_dir():
+        raise ConfigError(f"--erf {erf_dir}: not a folder")
+    images = sorted(erf_dir.glob("*.png"))
+    tables = sorted({p for pattern in ERF_TABLE_PATTERNS for p in erf_dir.rglob(pattern)})
+    if not images and not tables:
+        return hp.paragraph(
+            f"{erf_dir} holds no PNG figure and no summary*.csv or stats*.csv table.", "missing"
+        )
+    parts = [hp.paragraph(f"From {erf_dir}.")]
+    for path in tables:
+        parts += [f"<h3>{hp.escape(path.relative_to(erf_dir))}</h3>", hp.csv_table(path)]
+    for path in images:
+        parts += [f"<h3>{hp.escape(path.name)}</h3>", hp.embed_png(path, path.stem)]
+    return "".join(parts)
+
+
+def sanity_section(
+    model: nn.Module,
+    sample: Sample,
+    pixels: list[tuple[int, int, str]],
+    first_maps: dict[str, torch.Tensor],
+    options: ReportOptions,
+    figures: Path,
+    tables: Path,
+    bar: tqdm,
+) -> tuple[str, list[Path]]:
+    """Randomisation test (both modes) for every chosen pixel, and deletion/insertion curves
+    of the first pixel ordered by the attributions in ``first_maps``."""
+    stem = sample.stem
+    height, width = sample.size
+    targets = [pixel_target(r, c, (height, width)) for r, c, _ in pixels]
+    runs = []
+    for mode in ("cascading", "independent"):
+        bar.set_postfix_str(f"{stem} {mode} randomisation")
+        runs.append(
+            randomisation_test(
+                model,
+                sample.image,
+                targets,
+                options.sanity_methods,
+                mode,
+                seed=options.seed,
+                rf_fraction=options.threshold,
+            )
+        )
+        bar.update(1)
+    plot = randomisation_plot(runs, figures / f"{stem}_randomisation.png")
+    csv_path = write_csv(
+        tables / f"{stem}_randomisation.csv", [row for run in runs for row in run.rows]
+    )
+    summary = []
+    for run in runs:
+        for method in (*run.methods, RECEPTIVE_FIELD):
+            metrics = ("iou", "ssim") if method == RECEPTIVE_FIELD else ("spearman", "ssim")
+            for metric in metrics:
+                entry: dict[str, Any] = {"mode": run.mode, "method": method, "metric": metric}
+                entry.update(zip(run.steps, run.series(method, metric), strict=True))
+                summary.append(entry)
+    parts = [
+        f"<h3>Model-parameter randomisation: {hp.escape(stem)}</h3>",
+        hp.paragraph(
+            f"Targets: {', '.join(t.name for t in targets)}. Similarity between the trained "
+            "model's map and the map after re-initialising the named stage (cascading: that "
+            "stage and every stage nearer the head), mean over the targets. Receptive-field "
+            f"rows compare the masks |gradient| > {options.threshold:g} x its maximum. A "
+            "method that depends on the learned weights falls towards 0 as more of the model "
+            "is random."
+        ),
+        hp.embed_png(plot, f"{stem}: randomisation test"),
+        hp.table(summary),
+    ]
+    outputs = [plot, csv_path]
+    chosen = [m for m in options.deletion_methods if m in first_maps]
+    if chosen and targets:
+        curves = []
+        bar.set_postfix_str(f"{stem} deletion and insertion")
+        for mode in ("deletion", "insertion"):
+            curves += deletion_curves(
+                model,
+                sample.image,
+                targets[0],
+                {method: first_maps[method] for method in chosen},
+                mode=mode,
+                steps=16,
+                random_repeats=2,
+                seed=options.seed,
+            )
+        bar.update(1)
+        curve_plot = deletion_plot(curves, figures / f"{stem}_deletion.png")
+        auc_rows = [
+            {
+                "curve": c.mode,
+                "method": c.label,
+                "target": c.target,
+                "AUC": c.auc,
+                "random-order AUC": c.random_auc,
+                "better than random": "yes" if c.better_than_random else "no",
+            }
+            for c in curves
+        ]
+        auc_csv = write_csv(tables / f"{stem}_deletion.csv", auc_rows)
+        parts += [
+            f"<h3>Deletion and insertion: {hp.escape(stem)}</h3>",
+            hp.paragraph(
+                "Pixels are replaced by the image mean (deletion) or put back into a mean image "
+                "(insertion) in order of |attribution|, in 16 steps; the dashed curve is the "
+                "mean of 2 random orders. Deletion: a smaller area is better; insertion: larger."
+            ),
+            hp.embed_png(curve_plot, f"{stem}: deletion and insertion"),
+            hp.table(auc_rows),
+        ]
+        outputs += [curve_plot, auc_csv]
+    else:
+        bar.update(1)
+    return "".join(parts), outputs

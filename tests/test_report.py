@@ -1,0 +1,225 @@
+"""``vessel-lens report``: one offline HTML page with every panel embedded."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+
+import vessel_lens.cli as cli
+from vessel_lens.cli.report import parse_pixels, register, split_values
+from vessel_lens.errors import ConfigError
+from vessel_lens.models import create_model, save_checkpoint
+from vessel_lens.viz.report import ReportOptions, choose_pixels, crop_sample
+from vessel_lens.viz.report_sections import find_run_folder
+
+SECTIONS = (
+    "Images and chosen pixels",
+    "Training",
+    "Attribution methods",
+    "Sanity checks",
+    "Receptive-field statistics",
+)
+EMBEDDED = '<img src="data:image/png;base64,'
+
+
+def _app_with_report() -> typer.Typer:
+    """The real CLI when it already has ``report``, else the real CLI plus ``register``."""
+    app = cli.build_app()
+    if "report" not in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        register(app)
+    return app
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """``vessel_lens.cli.main`` (exit status, one-line errors) with the report command."""
+    app = _app_with_report()
+    monkeypatch.setattr(cli, "build_app", lambda: app)
+    return cli.main
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """A run folder holding a width-4 checkpoint, metrics.csv and curves.png."""
+    from vessel_lens.viz.curves import learning_curves
+
+    torch.manual_seed(0)
+    model = create_model("resnet_seg", width=4)
+    folder = tmp_path / "run"
+    save_checkpoint(folder / "best.pt", model, "resnet_seg", {"width": 4}, {"epoch": 2})
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.5, "val_iou": 0.3},
+        {"epoch": 2, "train_loss": 0.7, "val_loss": 0.6, "val_dice": 0.6, "val_iou": 0.4},
+    ]
+    (folder / "metrics.csv").write_text(
+        "epoch,train_loss,val_loss,val_dice,val_iou,lr,seconds\n"
+        "1,0.9,0.8,0.5,0.3,0.001,1.0\n2,0.7,0.6,0.6,0.4,0.001,2.0\n"
+    )
+    learning_curves(history, folder / "curves.png")
+    return folder
+
+
+@pytest.fixture
+def erf_folder(tmp_path, run_folder) -> Path:
+    folder = tmp_path / "erf"
+    (folder / "w4").mkdir(parents=True)
+    (folder / "figure.png").write_bytes((run_folder / "curves.png").read_bytes())
+    (folder / "w4" / "summary.csv").write_text("layer,count\nstem,9\nhead,<b>81</b>\n")
+    (folder / "w4" / "stats_pixels.csv").write_text("pixel,area\n3,25\n")
+    (folder / "w4" / "other.csv").write_text("not,shown\n1,2\n")
+    return folder
+
+
+def test_report_is_one_offline_page_with_every_panel(
+    run_cli, run_folder, erf_folder, make_dataset, tmp_path, capsys
+):
+    data = make_dataset(count=3, size=(32, 32), splits={"test": ["s00", "s01", "s02"]})
+    out = tmp_path / "report"
+    args = [
+        "report",
+        "--checkpoint",
+        str(run_folder / "best.pt"),
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--erf",
+        str(erf_folder),
+        "--methods",
+        "saliency,occlusion,layer_gradcam",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert run_cli(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    for heading in SECTIONS:
+        assert re.search(rf"<h2>{heading}</h2>", html), heading
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # nothing loaded from outside
+    figures = sorted((out / "figures").glob("*.png"))
+    names = {f.name for f in figures}
+    for stem in ("s00", "s01"):  # --max-images 2 by default
+        assert {f"{stem}_pixels.png", f"{stem}_attributions.png"} <= names
+    assert {"s00_randomisation.png", "s00_deletion.png"} <= names  # sanity on the first image
+    assert not any(n.startswith("s02") for n in names)
+    for figure in figures:
+        assert EMBEDDED + base64.b64encode(figure.read_bytes()).decode() in html, figure.name
+    for embedded in (run_folder / "curves.png", erf_folder / "figure.png"):
+        assert base64.b64encode(embedded.read_bytes()).decode() in html
+    assert html.count(EMBEDDED) == len(figures) + 2
+    assert "summary.csv" in html and "stats_pixels.csv" in html and "other.csv" not in html
+    assert "&lt;b&gt;81&lt;/b&gt;" in html  # table cells are escaped
+    assert "best validation Dice" in html
+    assert (out / "tables" / "pixels.csv").read_text().count("\n") >= 3
+
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0]
+    again = [*args, "--overwrite", "--max-images", "1", "--sanity-images", "0"]
+    assert run_cli([*again, "--methods", "saliency"]) == 0
+
+
+def test_report_with_crop_given_pixels_and_no_run_folder(
+    run_cli, run_folder, make_dataset, tmp_path, capsys
+):
+    data = make_dataset(count=1, size=(64, 64), splits={"test": ["s00"]})
+    checkpoint = tmp_path / "lone.pt"
+    checkpoint.write_bytes((run_folder / "best.pt").read_bytes())
+    out = tmp_path / "cropped"
+    status = run_cli(
+        [
+            "report",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--crop",
+            "48",
+            "--pixels",
+            "3,4 40,41",
+            "--methods",
+            "saliency",
+            "--methods",
+            "guided_backprop",
+            "--sanity-methods",
+            "saliency",
+            "--deletion-methods",
+            "saliency",
+            "--max-images",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    assert "No run folder" in html and "No receptive-field folder given" in html
+    rows = (out / "tables" / "pixels.csv").read_text().splitlines()
+    assert [r.split(",")[1:3] for r in rows[1:]] == [["3", "4"], ["40", "41"]]
+    assert "(48x48)" in html
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pixels", "3,99"], "outside image"),
+        (["--pixels", "3;x"], "expected ROW,COL"),
+        (["--methods", "lime"], "method 'lime'"),
+        (["--images", "nope"], "image 'nope' is not in split"),
+        (["--erf", "missing-folder"], "not a folder"),
+        (["--crop", "500"], "--crop 500"),
+        (["--run", "."], "holds neither metrics.csv nor curves.png"),
+    ],
+)
+def test_report_errors_are_one_line(
+    run_cli, run_folder, make_dataset, tmp_path, capsys, extra, message
+):
+    data = make_dataset(count=2, size=(32, 32), splits={"test": ["s00", "s01"]})
+    args = ["report", "--checkpoint", str(run_folder), "--data", str(data)]
+    args += ["--out", str(tmp_path / "r")]
+    assert run_cli([*args, "--no-progress", "--sanity-images", "0", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_option_parsing():
+    assert parse_pixels(["1,2", "3,4 5:6", "7,8;9,10"]) == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
+    assert parse_pixels(None) is None
+    assert split_values(["a,b", "c d"]) == ["a", "b", "c", "d"]
+    with pytest.raises(ConfigError, match="threshold"):
+        ReportOptions(threshold=0)
+
+
+def test_default_pixels():
+    probability = torch.full((9, 9), 0.3)
+    probability[4, 2:7] = 0.95
+    probability[0, 0] = 0.8  # a false positive in the corner
+    probability[6:9, 6:9] = 0.01  # the clearest background: 9 of 75 background pixels
+    label = probability > 0.5
+    label[0, 0] = False
+    label[6, 4] = True  # a false negative too
+    chosen = choose_pixels(probability, label)
+    assert [why for *_, why in chosen] == ["vessel", "background", "false positive"]
+    assert chosen[0][:2] == (4, 4) and chosen[2][:2] == (0, 0)
+    assert chosen[1][:2] == (6, 6)  # of the clearest background, the nearest to the centre
+    label[0, 0] = True
+    assert [why for *_, why in choose_pixels(probability, label)][-1] == "false negative"
+    assert [why for *_, why in choose_pixels(probability, None)] == ["vessel", "background"]
+
+
+def test_crop_and_run_folder_helpers(tmp_path, run_folder):
+    from vessel_lens.data.samples import Sample
+
+    sample = Sample("a", torch.rand(1, 40, 50), torch.zeros(40, 50, dtype=torch.bool))
+    cropped = crop_sample(sample, 20)
+    assert cropped.size == (20, 20) and torch.equal(cropped.image, sample.image[:, 10:30, 15:35])
+    assert find_run_folder(None, run_folder / "best.pt") == (run_folder, "")
+    assert find_run_folder(None, tmp_path / "x.pt")[0] is None
