@@ -246,7 +246,7 @@ def _run(method: str, forward: TargetValue, x: torch.Tensor, o: dict[str, Any]) 
         import captum.attr as ca
     except ImportError:
         raise ConfigError(
-            f"method {method}: needs Captum; install it with pip install 'vessel-lens[interpret]'"
+            f"method {method}: needs Captum (a core dependency of vessel-lens); install it with pip install captum"
         ) from None
 
     if method == "saliency":
