@@ -262,3 +262,21 @@ def test_cli_bad_inputs_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (args, err)
         assert "Traceback" not in err[0]
+
+
+def test_seeded_split_is_recorded_and_reused_for_evaluation(tmp_path):
+    from vessel_lens.data.source import open_dataset
+    from vessel_lens.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    stems = write_synthetic_dataset(data, count=6, size=48, progress=False)
+    train(tiny(data=str(data), epochs=1, split_fractions=(0.5, 0.25, 0.25)), tmp_path / "run",
+          progress=False)  # fmt: skip
+    checkpoint = read_checkpoint(tmp_path / "run/best.pt")
+    recorded = checkpoint.metadata["splits"]
+    assert sorted(s for names in recorded.values() for s in names) == sorted(stems)
+    assert (tmp_path / "run/splits/test.txt").read_text().split() == recorded["test"]
+    plain = open_dataset(data)  # default fractions 0.6/0.2/0.2 would split differently
+    assert plain.split_source == "seeded" and plain.splits != recorded
+    reused = open_dataset(data, checkpoint=checkpoint)
+    assert reused.split_source == "checkpoint" and reused.splits == recorded

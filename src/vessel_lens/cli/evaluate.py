@@ -37,7 +37,7 @@ def evaluate(
 
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, dev)
-    dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1)
+    dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1, checkpoint=ckpt)
     samples = dataset.subset(split)
     if out is None:
         out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"

@@ -139,7 +139,7 @@ def report(
     model, ckpt = load_model(checkpoint, dev)
     run_dir, run_note = find_run_folder(run, ckpt.path)
     channels = int(ckpt.model_kwargs.get("in_channels", 1))
-    dataset = open_dataset(data, keep_channels=channels > 1)
+    dataset = open_dataset(data, keep_channels=channels > 1, checkpoint=ckpt)
     samples = dataset.subset(split)
     wanted = split_values(images)
     if wanted:

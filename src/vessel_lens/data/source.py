@@ -13,6 +13,7 @@ from vessel_lens.data.samples import Sample, load_samples
 from vessel_lens.data.splits import resolve_splits, seeded_split
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.errors import DataError
+from vessel_lens.models.checkpoint import Checkpoint
 
 SYNTHETIC = "synthetic"
 
@@ -62,11 +63,29 @@ def open_dataset(
     seed: int = 0,
     require_labels: bool = True,
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    checkpoint: Checkpoint | None = None,
 ) -> LoadedDataset:
-    """Load a dataset given on the command line (``None`` or ``"synthetic"``: the default)."""
+    """Load a dataset given on the command line (``None`` or ``"synthetic"``: the default).
+
+    ``seed`` seeds the split of a dataset that ships none (and the synthetic images). When
+    such a dataset is opened for a ``checkpoint`` whose training recorded its split, that split
+    is used instead, so evaluation never sees training images.
+    """
     if data is None or str(data) == SYNTHETIC:
-        return synthetic_dataset(seed=seed)
-    index = index_dataset(data)
-    samples = load_samples(index.samples, keep_channels, require_labels=require_labels)
-    splits, source = resolve_splits(index, split_fractions, seed)
-    return LoadedDataset(str(data), {s.stem: s for s in samples}, splits, source)
+        dataset = synthetic_dataset(seed=seed)
+    else:
+        index = index_dataset(data)
+        samples = load_samples(index.samples, keep_channels, require_labels=require_labels)
+        splits, source = resolve_splits(index, split_fractions, seed)
+        dataset = LoadedDataset(str(data), {s.stem: s for s in samples}, splits, source)
+    recorded = (checkpoint.metadata.get("splits") if checkpoint is not None else None) or {}
+    if dataset.split_source == "seeded" and recorded:
+        missing = sorted({s for stems in recorded.values() for s in stems} - set(dataset.samples))
+        if missing:
+            raise DataError(
+                f"{dataset.name}: the checkpoint's training split names {len(missing)} "
+                f"image(s) this dataset lacks, first {missing[0]!r}"
+            )
+        dataset.splits = {name: list(stems) for name, stems in recorded.items()}
+        dataset.split_source = "checkpoint"
+    return dataset

@@ -153,7 +153,12 @@ class _Job:
 def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Job]:
     from vessel_lens.data.source import open_dataset
 
-    dataset = open_dataset(config.data, keep_channels=model_in_channels > 1, require_labels=False)
+    dataset = open_dataset(
+        config.data,
+        keep_channels=model_in_channels > 1,
+        require_labels=False,
+        checkpoint=checkpoint,
+    )
     samples = dataset.subset(config.split)
     if config.images:
         known = {s.stem: s for s in samples}

@@ -96,7 +96,6 @@ class Trainer:
         dataset = open_dataset(
             config.data,
             keep_channels=config.keep_channels,
-            seed=config.seed,
             split_fractions=config.split_fractions,
         )
         self.dataset = dataset
@@ -178,6 +177,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "data": self.dataset.name,
             "split_source": self.dataset.split_source,
+            "splits": self.dataset.splits if self.dataset.split_source != "dataset" else {},
             "train_seconds": round(self.elapsed, 1),
             "torch": str(torch.__version__),
         }
