@@ -1,8 +1,8 @@
 """The end-to-end demo on the embedded synthetic data (``vessel-lens demo``).
 
-Steps: generate and preview data; train a small reference model for about a minute;
-evaluate it on the synthetic test split. Later steps (interpretation, report) add to
-:func:`run_demo`.
+Steps, each writing files a person can open: write a synthetic dataset and preview it; train a
+small reference model for about a minute; evaluate it on the test split; store the exact
+Jacobian of a 64x64 crop and draw the original notebook's panels from it; write the HTML report.
 """
 
 from __future__ import annotations
@@ -10,13 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vessel_lens.data.source import synthetic_dataset
+import torch
+
+from vessel_lens.data.source import open_dataset
+from vessel_lens.data.synthetic import write_synthetic_dataset
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+from vessel_lens.interpret.store import load_jacobian
+from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
 from vessel_lens.training.config import TrainConfig
 from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 from vessel_lens.training.trainer import train
+from vessel_lens.viz.attribution_plots import pixel_panels
 from vessel_lens.viz.preview import preview_figure
+from vessel_lens.viz.report import ReportOptions, crop_sample, write_report
 
 DEMO_TRAINING = TrainConfig(
     width=8,
@@ -48,12 +56,18 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
         raise ConfigError(f"{out}: already holds a demo run; choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
     outputs = DemoOutputs(out)
-    dataset = synthetic_dataset(seed=seed)
+    data = out / "data"
+    if not (data / "images").exists():
+        write_synthetic_dataset(data, count=48, size=256, seed=seed, progress=progress)
+    outputs.files["data"] = data
+    dataset = open_dataset(data)
     outputs.files["data-preview"] = preview_figure(
         dataset.subset("train"), out / "data_preview.png"
     )
 
-    config = TrainConfig(**{**DEMO_TRAINING.to_dict(), "seed": seed, "device": device})
+    config = TrainConfig(
+        **{**DEMO_TRAINING.to_dict(), "data": str(data), "seed": seed, "device": device}
+    )
     summary = train(config, out / "run", progress=progress)
     outputs.files["checkpoint"] = out / "run" / "best.pt"
     outputs.files["curves"] = out / "run" / "curves.png"
@@ -62,7 +76,8 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
         f"Dice {summary.best_dice:.3f}"
     )
 
-    model, _ = load_model(out / "run" / "best.pt", device)
+    model, checkpoint = load_model(out / "run" / "best.pt", device)
+    dataset = open_dataset(data, checkpoint=checkpoint)
     evaluation = evaluate_model(
         model, dataset.subset("test"), device, out / "evaluation" / "panels", progress=progress
     )
@@ -70,4 +85,57 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
     outputs.files["test-metrics"] = files["metrics"]
     outputs.files["test-panels"] = out / "evaluation" / "panels"
     outputs.lines.extend(format_table(evaluation))
+
+    sample = dataset.subset("test")[0]
+    outputs.files.update(_jacobian_step(out, data, sample.stem, device, progress))
+    report = write_report(
+        model,
+        [crop_sample(s, 128) for s in dataset.subset("test")[:2]],
+        out / "report",
+        options=ReportOptions(sanity_images=1),
+        description={
+            "checkpoint": str(out / "run" / "best.pt"),
+            "data": str(data),
+            "split": "test",
+            "crop": "128",
+        },
+        run_dir=out / "run",
+        device=device,
+        overwrite=True,
+        progress=progress,
+    )
+    outputs.files["report"] = report.html
     return outputs
+
+
+def _jacobian_step(out: Path, data: Path, stem: str, device: str, progress: bool) -> dict:
+    """``vessel-lens jacobian`` on the centred 64x64 crop of one test image, then the original
+    notebook's panels (thresholded gradient and gradient) at the crop's centre pixel."""
+    extract_jacobians(
+        ExtractConfig(
+            checkpoint=str(out / "run" / "best.pt"),
+            out=out / "jacobian",
+            data=str(data),
+            split="test",
+            images=[stem],
+            crop=64,
+            device=device,
+            progress=progress,
+        )
+    )
+    store = out / "jacobian" / f"{stem}.zarr"
+    rows, meta = load_jacobian(store)
+    centre = 32 * 64 + 32
+    gradient = rows[centre : centre + 1]
+    magnitude = gradient_magnitude(gradient[0])
+    stats = pixel_stats(magnitude, threshold_value(magnitude, 0.01, "pixel"))
+    figure = pixel_panels(
+        torch.as_tensor(meta["image"]),
+        torch.as_tensor(meta["probability"]),
+        None,
+        [(32, 32, "centre")],
+        gradient,
+        [stats],
+        out / "jacobian" / f"{stem}_centre_pixel.png",
+    )
+    return {"jacobian-store": store, "jacobian-panels": figure}

@@ -16,6 +16,7 @@ from vessel_lens.errors import VesselLensError
 
 
 def build_app() -> typer.Typer:
+    from vessel_lens.cli import app as app_command
     from vessel_lens.cli import data, demo, evaluate, jacobian, models, report, train
 
     app = typer.Typer(
@@ -32,6 +33,7 @@ def build_app() -> typer.Typer:
     evaluate.register(app)
     jacobian.register(app)
     report.register(app)
+    app_command.register(app)
     demo.register(app)
     return app
 

@@ -14,9 +14,11 @@ Scaling rules (documented in the README):
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -67,9 +69,9 @@ def _check_shape(path: Path, height: int, width: int) -> None:
         raise DataError(f"{path}: image is {height}x{width}; the minimum is {MIN_SIDE}x{MIN_SIDE}")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             if not tif.pages:
                 raise DataError(f"{path}: TIFF holds no image")
             pages = len(tif.series[0].pages) if tif.series else 1
@@ -93,11 +95,11 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 _check_shape(path, height, width)
                 if img.mode == "P":
@@ -120,26 +122,37 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
+def _check_suffix(name: str | Path) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{name}: unsupported file type {suffix or '(none)'}; use one of "
+            + ", ".join(IMAGE_SUFFIXES)
+        )
+    return suffix
+
+
+def _decode(source: Path | BinaryIO, name: str | Path) -> np.ndarray:
+    """Decode by ``name``'s suffix into (H, W) or (H, W, 3|4); errors name ``name``."""
+    suffix = _check_suffix(name)
+    array = _read_tiff(source, name) if suffix in (".tif", ".tiff") else _read_pil(source, name)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise DataError(f"{name}: array of shape {array.shape} is not a 2-D image")
+    if array.ndim == 3 and array.shape[-1] not in (3, 4):
+        raise DataError(f"{name}: {array.shape[-1]} channels; expected 1, 3 or 4")
+    if array.size == 0:
+        raise DataError(f"{name}: image is empty")
+    return array
+
+
 def read_raw(path: str | Path) -> np.ndarray:
     """Decode an image file into an (H, W) or (H, W, C) array in its stored dtype."""
     path = Path(path)
     _check_file(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {suffix or '(none)'}; use one of "
-            + ", ".join(IMAGE_SUFFIXES)
-        )
-    array = _read_tiff(path) if suffix in (".tif", ".tiff") else _read_pil(path)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3):
-        raise DataError(f"{path}: array of shape {array.shape} is not a 2-D image")
-    if array.ndim == 3 and array.shape[-1] not in (3, 4):
-        raise DataError(f"{path}: {array.shape[-1]} channels; expected 1, 3 or 4")
-    if array.size == 0:
-        raise DataError(f"{path}: image is empty")
-    return array
+    _check_suffix(path)
+    return _decode(path, path)
 
 
 def scale_to_unit(array: np.ndarray, path: str | Path = "image") -> np.ndarray:
@@ -163,19 +176,32 @@ def scale_to_unit(array: np.ndarray, path: str | Path = "image") -> np.ndarray:
     raise DataError(f"{path}: unsupported pixel type {array.dtype}")
 
 
-def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
-    """Read an image as float32 (C, H, W) in [0, 1].
-
-    RGB(A) images become one luminance channel unless ``keep_channels`` (alpha is dropped).
-    """
-    raw = read_raw(path)
-    image = scale_to_unit(raw, path)
+def to_unit_image(raw: np.ndarray, name: str | Path, keep_channels: bool = False) -> np.ndarray:
+    """A decoded array as float32 (C, H, W) in [0, 1]; RGB(A) becomes one luminance channel
+    unless ``keep_channels`` (alpha is dropped)."""
+    image = scale_to_unit(raw, name)
     if image.ndim == 2:
         return image[None]
     image = image[..., :3]
     if keep_channels:
         return np.ascontiguousarray(np.moveaxis(image, -1, 0))
     return (image @ _LUMA)[None].astype(np.float32)
+
+
+def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
+    """Read an image file as float32 (C, H, W) in [0, 1] (see :func:`to_unit_image`)."""
+    return to_unit_image(read_raw(path), path, keep_channels)
+
+
+def decode_image(data: bytes, name: str, keep_channels: bool = False) -> np.ndarray:
+    """Decode an image held in memory (an upload) exactly as :func:`read_image` reads a file
+    called ``name``; errors name ``name``."""
+    if not data:
+        raise DataError(f"{name}: file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(f"{name}: file is {len(data) / 2**20:.0f} MiB; the limit is 256 MiB")
+    _check_suffix(name)
+    return to_unit_image(_decode(io.BytesIO(data), name), name, keep_channels)
 
 
 def read_mask(path: str | Path) -> tuple[np.ndarray, MaskInfo]:

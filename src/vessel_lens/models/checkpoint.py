@@ -52,7 +52,8 @@ class Checkpoint:
     def build(self, device: torch.device | str | None = None) -> nn.Module:
         """Rebuild the model in eval mode with these weights (cast to float32)."""
         try:
-            model = create_model(self.model_name, **self.model_kwargs)
+            with torch.random.fork_rng():  # initial weights are overwritten: keep the caller's RNG
+                model = create_model(self.model_name, **self.model_kwargs)
         except ConfigError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}

@@ -1,0 +1,307 @@
+"""Dash callbacks: thin wrappers that validate, call :mod:`.handlers` and place the results.
+
+A problem with the user's input becomes a message in the page; an unexpected error is logged
+with its traceback on the server and shown as one line. No callback raises into Dash, so a
+bad value from the browser never turns into an HTTP 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dash import Input, Output, Patch, State, ctx, html, no_update
+from dash.exceptions import PreventUpdate
+
+from vessel_lens.app import figures, handlers
+from vessel_lens.app.methods import get_method
+from vessel_lens.app.pixel import parse_threshold
+from vessel_lens.errors import VesselLensError
+
+log = logging.getLogger(__name__)
+
+HOVER_TO_PIXEL = """
+function(h1, h2, h3, c1, c2, c3, view, follow, current) {
+    const NU = window.dash_clientside.no_update;
+    const triggered = window.dash_clientside.callback_context.triggered;
+    const prop = triggered.length ? triggered[0].prop_id : "";
+    if (prop.startsWith("view-store")) {
+        return (view && view.pixel) ? view.pixel : NU;
+    }
+    const events = {
+        "graph-input.hoverData": h1, "graph-map.hoverData": h2, "graph-mask.hoverData": h3,
+        "graph-input.clickData": c1, "graph-map.clickData": c2, "graph-mask.clickData": c3
+    };
+    const hover = prop.endsWith(".hoverData");
+    if (hover && follow !== "hover") { return NU; }
+    const data = events[prop];
+    if (!data || !Array.isArray(data.points) || !data.points.length) { return NU; }
+    const x = data.points[0].x, y = data.points[0].y;
+    if (typeof x !== "number" || typeof y !== "number") { return NU; }
+    const row = Math.round(y), col = Math.round(x);
+    if (hover && current && current.row === row && current.col === col) { return NU; }
+    return {row: row, col: col, view: view ? view.view : null, clicked: !hover};
+}
+"""
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, VesselLensError):
+        return str(exc)
+    log.exception("callback failed")
+    return f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+def register_callbacks(app, state) -> None:
+    graphs = ("graph-input", "graph-map", "graph-mask")
+    app.clientside_callback(
+        HOVER_TO_PIXEL,
+        Output("pixel-store", "data"),
+        *[Input(g, "hoverData") for g in graphs],
+        *[Input(g, "clickData") for g in graphs],
+        Input("view-store", "data"),
+        State("follow", "value"),
+        State("pixel-store", "data"),
+    )
+
+    @app.callback(
+        Output("image", "options"),
+        Output("image", "value"),
+        Output("upload-message", "children"),
+        Input("upload", "contents"),
+        State("upload", "filename"),
+        prevent_initial_call=True,
+    )
+    def on_upload(contents, filename):
+        try:
+            return handlers.handle_upload(state, contents, filename)
+        except Exception as exc:
+            return no_update, no_update, html.Span(_message(exc), className="error")
+
+    @app.callback(
+        Output("view-store", "data"),
+        Output("view-note", "children"),
+        Output("view-mode", "options"),
+        Input("image", "value"),
+        Input("view-mode", "value"),
+        Input("crop-size", "value"),
+        Input("crop-top", "value"),
+        Input("crop-left", "value"),
+        Input("model", "value"),
+        Input("compare", "value"),
+        State("pixel-store", "data"),
+        State("view-mode", "options"),
+    )
+    def on_view(image, mode, size, top, left, model, compare, pixel, mode_options):
+        try:
+            result = handlers.handle_view(
+                state, image, mode, size, top, left, model, compare, pixel
+            )
+        except Exception as exc:
+            return no_update, _message(exc), no_update
+        options = [dict(o) for o in mode_options or []]
+        for option in options:
+            if option.get("value") == "store":
+                option["disabled"] = not result["stored"]
+        return {"view": result["view"], "pixel": result["pixel"]}, result["note"], options
+
+    @app.callback(
+        Output("graph-input", "figure"),
+        Output("graph-mask", "figure"),
+        Input("view-store", "data"),
+        Input("overlays", "value"),
+        State("model", "value"),
+        State("pixel-store", "data"),
+    )
+    def on_input(view_data, overlays, model, pixel):
+        if not isinstance(view_data, dict):
+            raise PreventUpdate
+        try:
+            view = handlers.view_from_data(state, view_data.get("view"))
+            figure, mask = handlers.input_panels(state, view, overlays, model, pixel)
+        except Exception as exc:
+            return figures.empty_figure(_message(exc)), no_update
+        patch = Patch()
+        patch["data"] = figure["data"]
+        for key in ("title", "xaxis", "yaxis", "margin", "plot_bgcolor", "hovermode"):
+            patch["layout"][key] = figure["layout"][key]
+        patch["layout"]["annotations"] = []
+        return patch, mask
+
+    @app.callback(
+        Output("graph-map", "figure"),
+        Input("view-store", "data"),
+        Input("layer", "value"),
+        Input("threshold-store", "data"),
+        Input("threshold-mode", "value"),
+        Input("global-store", "data"),
+        State("model", "value"),
+    )
+    def on_map(view_data, layer, threshold_data, mode, _global, model):
+        if not isinstance(view_data, dict):
+            raise PreventUpdate
+        try:
+            view = handlers.view_from_data(state, view_data.get("view"))
+            threshold = parse_threshold(_fraction(threshold_data), mode)
+            return handlers.map_panel(state, view, layer, threshold, model)
+        except Exception as exc:
+            return figures.empty_figure(_message(exc), "Map")
+
+    @app.callback(
+        Output("threshold-slider", "value"),
+        Output("threshold-input", "value"),
+        Output("threshold-store", "data"),
+        Output("threshold-help", "children"),
+        Input("threshold-slider", "value"),
+        Input("threshold-input", "value"),
+        Input("threshold-mode", "value"),
+    )
+    def on_threshold(slider, value, mode):
+        try:
+            result = handlers.handle_threshold(ctx.triggered_id, slider, value, mode)
+        except Exception as exc:
+            return no_update, no_update, no_update, _message(exc)
+        return result["slider"], result["value"], result["store"], result["help"]
+
+    @app.callback(
+        Output("global-status", "children"),
+        Output("global-poll", "disabled"),
+        Output("global-store", "data"),
+        Input("global-compute", "n_clicks"),
+        Input("global-poll", "n_intervals"),
+        Input("view-store", "data"),
+        Input("model", "value"),
+        State("global-store", "data"),
+    )
+    def on_global(_clicks, _ticks, view_data, model, known):
+        if not isinstance(view_data, dict):
+            raise PreventUpdate
+        try:
+            view = handlers.view_from_data(state, view_data.get("view"))
+            start = ctx.triggered_id == "global-compute"
+            text, stop, value = handlers.global_status(state, view, model, start)
+        except Exception as exc:
+            return _message(exc), True, no_update
+        marker = {"value": value, "view": view.as_dict(), "model": model}
+        return text, stop, (no_update if marker == known else marker)
+
+    pixel_outputs = [
+        Output("graph-gradient", "figure"),
+        Output("graph-zoom", "figure"),
+        Output("stats", "children"),
+        Output("graph-gradient-b", "figure"),
+        Output("graph-zoom-b", "figure"),
+        Output("stats-b", "children"),
+        Output("compare-row", "style"),
+        Output("graph-input", "figure", allow_duplicate=True),
+        Output("message", "children"),
+    ]
+
+    @app.callback(
+        *pixel_outputs,
+        Input("pixel-store", "data"),
+        Input("threshold-store", "data"),
+        Input("threshold-mode", "value"),
+        Input("method", "value"),
+        Input("target", "value"),
+        Input("global-store", "data"),
+        Input("overlays", "value"),
+        Input("clip", "value"),
+        State("view-store", "data"),
+        State("model", "value"),
+        State("compare", "value"),
+        prevent_initial_call=True,
+    )
+    def on_pixel(
+        pixel,
+        threshold_data,
+        mode,
+        method,
+        target,
+        _global,
+        overlays,
+        clip,
+        view_data,
+        model,
+        compare,
+    ):
+        skip = [no_update] * (len(pixel_outputs) - 1)
+        try:
+            point = handlers.stored_point(pixel)
+            if point is None or not isinstance(view_data, dict):
+                raise PreventUpdate
+            view = handlers.view_from_data(state, view_data.get("view"))
+            if not get_method(method).live and not pixel.get("clicked"):
+                return *skip, f"click a pixel to compute {method}"
+            threshold = parse_threshold(_fraction(threshold_data), mode)
+            result = handlers.pixel_outputs(
+                state,
+                view,
+                point,
+                model,
+                compare,
+                threshold,
+                method,
+                target,
+                overlays,
+                clip=isinstance(clip, list) and "clip" in clip,
+            )
+        except PreventUpdate:
+            raise
+        except Exception as exc:
+            return *skip, _message(exc)
+        shapes = Patch()
+        shapes["layout"]["shapes"] = result.shapes
+        second = len(result.analyses) > 1
+        return (
+            result.gradient[0],
+            result.zoom[0],
+            result.tables[0],
+            result.gradient[1] if second else no_update,
+            result.zoom[1] if second else no_update,
+            result.tables[1] if second else no_update,
+            {"display": "grid"} if second else {"display": "none"},
+            shapes,
+            "",
+        )
+
+    @app.callback(
+        Output("download", "data"),
+        Output("message", "children", allow_duplicate=True),
+        Input("export-png", "n_clicks"),
+        Input("export-csv", "n_clicks"),
+        Input("export-json", "n_clicks"),
+        State("pixel-store", "data"),
+        State("view-store", "data"),
+        State("model", "value"),
+        State("compare", "value"),
+        State("threshold-store", "data"),
+        State("threshold-mode", "value"),
+        State("method", "value"),
+        State("target", "value"),
+        prevent_initial_call=True,
+    )
+    def on_export(
+        _png, _csv, _json, pixel, view_data, model, compare, threshold_data, mode, method, target
+    ):
+        kind = {"export-png": "png", "export-csv": "csv", "export-json": "json"}.get(
+            ctx.triggered_id
+        )
+        try:
+            point = handlers.stored_point(pixel)
+            if kind is None or point is None or not isinstance(view_data, dict):
+                return no_update, "hover or click a pixel first"
+            view = handlers.view_from_data(state, view_data.get("view"))
+            threshold = parse_threshold(_fraction(threshold_data), mode)
+            result = handlers.pixel_outputs(
+                state, view, point, model, compare, threshold, method, target, []
+            )
+            return handlers.export_payload(kind, result.analyses, state, view), ""
+        except Exception as exc:
+            return no_update, _message(exc)
+
+
+def _fraction(data: object) -> object:
+    return data.get("fraction") if isinstance(data, dict) else None
+
+
+__all__ = ["register_callbacks"]

@@ -1,0 +1,280 @@
+"""What each callback does, as plain functions of the state and the browser's values.
+
+Every value from the browser is untrusted: it is validated here and a bad one raises
+:class:`~vessel_lens.errors.VesselLensError` with a message for the page (the callbacks turn
+it into that message, never a traceback or an HTTP 500).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from vessel_lens.app import figures
+from vessel_lens.app.images import View, as_int, decode_upload
+from vessel_lens.app.layers import LayerContext, layers
+from vessel_lens.app.layout import MODE_HELP, stats_table
+from vessel_lens.app.methods import get_method
+from vessel_lens.app.pixel import (
+    PixelAnalysis,
+    Threshold,
+    analyse_pixel,
+    fraction_to_slider,
+    gradient_panel,
+    parse_threshold,
+    slider_to_fraction,
+    stats_rows,
+    zoom_panel,
+)
+from vessel_lens.errors import ConfigError, VesselLensError
+
+NO_COMPARE = "none"
+
+
+def parse_point(event: object) -> tuple[int, int] | None:
+    """(row, col) from a dcc.Graph hoverData/clickData payload, or None if it holds none."""
+    if not isinstance(event, dict):
+        return None
+    points = event.get("points")
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict):
+        return None
+    x, y = points[0].get("x"), points[0].get("y")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
+        return None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    return round(y), round(x)
+
+
+def stored_point(pixel: object) -> tuple[int, int] | None:
+    """(row, col) from the page's pixel store ({"row": r, "col": c, ...}), or None."""
+    if not isinstance(pixel, dict):
+        return None
+    return parse_point({"points": [{"x": pixel.get("col"), "y": pixel.get("row")}]})
+
+
+def view_from_data(state, data: object) -> View:
+    """Re-validate a view sent back by the browser against the server's images."""
+    if not isinstance(data, dict):
+        raise ConfigError("choose an image first")
+    key = data.get("key")
+    sample = state.sample(key)
+    height, width = sample.size
+    try:
+        top, left, h, w = (as_int(data.get(k), k) for k in ("top", "left", "height", "width"))
+    except ConfigError:
+        raise ConfigError(
+            "the view sent by the page is malformed; choose the image again"
+        ) from None
+    limit = state.config.max_side
+    if top < 0 or left < 0 or not (1 <= h <= limit and 1 <= w <= limit):
+        raise ConfigError("the view sent by the page is out of range; choose the image again")
+    if top + h > height or left + w > width:
+        raise ConfigError("the view sent by the page lies outside the image")
+    return View(str(key), top, left, h, w)
+
+
+def handle_upload(state, contents: object, filename: object) -> tuple[list, str, str]:
+    """Decode and remember an upload: (image options, its key, message)."""
+    in_channels = state.models["m0"].in_channels
+    sample = decode_upload(contents, filename, state.config.upload_bytes, in_channels > 1)
+    key = state.add_upload(sample)
+    height, width = sample.size
+    return state.image_options(), key, f"uploaded {sample.stem}: {height}x{width}"
+
+
+def handle_view(state, image, mode, size, top, left, model, compare, pixel) -> dict:
+    """Resolve the view, prepare the engines (so the first hover is fast) and place the pixel."""
+    view, note = state.view(image, mode, size, top, left)
+    state.engine(model, view)
+    state.receptive_field(model, view)
+    if isinstance(compare, str) and compare != NO_COMPARE:
+        try:
+            state.engine(compare, view)
+        except VesselLensError as exc:
+            note = f"{note} comparison: {exc}".strip()
+    point = stored_point(pixel)
+    if point is None or not (0 <= point[0] < view.height and 0 <= point[1] < view.width):
+        point = (view.height // 2, view.width // 2)
+    full = state.sample(view.key).size
+    description = view.describe(full)
+    stored = state.stored_box(view.key) is not None
+    return {
+        "view": view.as_dict(),
+        "pixel": {"row": point[0], "col": point[1], "view": view.as_dict()},
+        "note": f"{description}. {note}".strip(),
+        "stored": stored,
+        "crop": (view.height, view.top, view.left),
+    }
+
+
+def input_panels(
+    state, view: View, overlays: object, model: str, pixel: object
+) -> tuple[dict, dict]:
+    """The input with its overlays (and the pixel marker) and the model mask."""
+    sample = state.sample(view.key)
+    chosen = set(overlays) if isinstance(overlays, list) else set()
+    probability = state.probability(model, view)
+    masks = {}
+    for name, mask in (
+        ("label", view.crop(sample.label)),
+        ("skeleton", view.crop(sample.skeleton)),
+    ):
+        if name in chosen and mask is not None:
+            masks[name] = mask.numpy()
+    if "prediction" in chosen:
+        masks["prediction"] = probability > 0.5
+    title = f"{view.key.split('/', 1)[-1]}: {view.describe(sample.size)}"
+    image = view.crop(sample.image).numpy()
+    input_figure = figures.input_figure(image, masks, title)
+    point = stored_point(pixel)
+    if point is not None and 0 <= point[0] < view.height and 0 <= point[1] < view.width:
+        field_box = state.receptive_box(model, view, *point) if "field" in chosen else None
+        input_figure["layout"]["shapes"] = figures.marker_shapes(*point, field_box)
+    mask_figure = figures.heatmap_figure(
+        probability,
+        "Model mask (p > 0.5; hover: p)",
+        colorscale=figures.MASK_SCALE,
+        zmin=0.0,
+        zmax=1.0,
+        hover="p = %{z:.3f}",
+        colorbar=False,
+    )
+    return input_figure, mask_figure
+
+
+def map_panel(state, view: View, layer: object, threshold: Threshold, model: str) -> dict:
+    """The map panel: the chosen layer, or a note saying why it is not available."""
+    chosen = layers().get(layer) if isinstance(layer, str) else None
+    if chosen is None:
+        raise ConfigError(f"unknown map {str(layer)[:40]!r}")
+    global_max = state.global_max(model, view)[0] if threshold.mode == "global" else None
+    context = LayerContext(state, model, view, threshold.fraction, threshold.mode, global_max)
+    result = chosen.compute(context)
+    if result.values is None:
+        return figures.empty_figure(result.note, result.title)
+    style = dict(result.style)
+    title = result.title + (f" ({result.note})" if result.note else "")
+    return figures.heatmap_figure(
+        result.values,
+        title,
+        colorscale=style.get("colorscale", "Viridis"),
+        zmin=style.get("zmin"),
+        zmax=style.get("zmax"),
+        hover=style.get("hover", "%{z:.4g}"),
+        colorbar=style.get("bar", True),
+    )
+
+
+def handle_threshold(trigger: object, slider: object, value: object, mode: object) -> dict:
+    """Keep the slider (log scale) and the number in step; returns both and the help line."""
+    if trigger == "threshold-slider":
+        fraction = slider_to_fraction(slider)
+        fraction = float(f"{fraction:.4g}")
+    else:
+        fraction = parse_threshold(value, mode if isinstance(mode, str) else "pixel").fraction
+    threshold = parse_threshold(fraction, mode)
+    return {
+        "slider": fraction_to_slider(threshold.fraction),
+        "value": threshold.fraction,
+        "store": {"fraction": threshold.fraction},
+        "help": MODE_HELP[threshold.mode],
+    }
+
+
+@dataclass
+class PixelOutputs:
+    """What a hover/click changes in the page (one analysis per shown model)."""
+
+    analyses: list[PixelAnalysis]
+    gradient: list[dict] = field(default_factory=list)
+    zoom: list[dict] = field(default_factory=list)
+    tables: list[object] = field(default_factory=list)
+    shapes: list[dict] = field(default_factory=list)
+    pixel: dict | None = None
+    message: str = ""
+
+
+def pixel_outputs(
+    state,
+    view: View,
+    point: tuple[int, int],
+    model: str,
+    compare: object,
+    threshold: Threshold,
+    method: object,
+    target: object,
+    overlays: object,
+    clip: bool = True,
+) -> PixelOutputs:
+    """Analyse the pixel for the model (and the comparison model) and build the panels."""
+    row, col = point
+    if not (0 <= row < view.height and 0 <= col < view.width):
+        raise ConfigError(f"pixel ({row}, {col}) lies outside the {view.height}x{view.width} view")
+    method = method if isinstance(method, str) else "gradient"
+    target = target if isinstance(target, str) else "pixel"
+    if target != "pixel" and get_method(method).targets == ("pixel",):
+        target = "pixel"
+    keys = [model]
+    if isinstance(compare, str) and compare not in (NO_COMPARE, model):
+        state.model(compare)
+        keys.append(compare)
+    analyses = [
+        analyse_pixel(state, key, view, row, col, threshold, method, target) for key in keys
+    ]
+    outputs = PixelOutputs(analyses, pixel={"row": row, "col": col, "view": view.as_dict()})
+    for i, analysis in enumerate(analyses):
+        prefix = "" if len(analyses) == 1 else ("A: ", "B: ")[i]
+        outputs.gradient.append(gradient_panel(analysis, prefix, clip))
+        outputs.zoom.append(zoom_panel(analysis, prefix, clip))
+        caption = f"{prefix}{analysis.model_label}"
+        outputs.tables.append([caption, stats_table(stats_rows(analysis))])
+    chosen = set(overlays) if isinstance(overlays, list) else set()
+    first = analyses[0]
+    outputs.shapes = figures.marker_shapes(
+        row,
+        col,
+        first.field_box if "field" in chosen else None,
+        first.bbox if "bbox" in chosen else None,
+    )
+    return outputs
+
+
+def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool, float | None]:
+    """(status line, whether polling should stop, the value when known)."""
+    if start:
+        job = state.request_global_max(model, view)
+        if job.state == "refused":
+            return f"global max: {job.error}", True, None
+    value, note = state.global_max(model, view)
+    if value is not None:
+        return f"global max {value:.4g} ({note})", True, value
+    job = state.jobs.get((model, view))
+    running = job is not None and job.state in ("queued", "running")
+    return f"global max {note}", not running, None
+
+
+def export_payload(kind: str, analyses: list[PixelAnalysis], state, view: View, map_values=None):
+    """The dcc.Download payload for 'png', 'csv' or 'json'."""
+    from vessel_lens.app import export
+
+    stem = view.key.split("/", 1)[-1]
+    pixel = f"{analyses[0].row}-{analyses[0].col}"
+    name = f"vessel-lens_{stem}_{pixel}"
+    if kind == "csv":
+        return {"content": export.numbers_csv(analyses), "filename": f"{name}.csv"}
+    if kind == "json":
+        return {"content": export.numbers_json(analyses), "filename": f"{name}.json"}
+    if kind != "png":
+        raise ConfigError(f"unknown export {str(kind)[:20]!r}")
+    import base64
+
+    sample = state.sample(view.key)
+    rgb = figures.rgb_composite(view.crop(sample.image).numpy(), {})
+    probability = state.probability(analyses[0].model_key, view)
+    data = export.panels_png(rgb, probability, analyses, map_values)
+    return {
+        "content": base64.b64encode(data).decode("ascii"),
+        "filename": f"{name}.png",
+        "base64": True,
+    }

@@ -1,0 +1,147 @@
+"""``create_app(config)``: the Dash app, its guards and a server that tests can stop.
+
+Nothing happens at import. ``create_app`` loads the checkpoints and the dataset (so a bad
+option fails before anything listens), builds the page and registers the callbacks.
+
+Guards on the callback endpoint: request bodies are size-limited (the upload limit plus
+1 MiB: larger requests get 413); a body that is not a well-formed callback request for one of
+this app's callbacks gets 400 with a one-line reason, and so does any error Dash raises while
+unpacking one, because the callbacks themselves never raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from vessel_lens.app.config import AppConfig
+
+log = logging.getLogger(__name__)
+ASSETS = Path(__file__).with_name("assets")
+
+
+def payload_problem(body: object, callback_map: dict) -> str | None:
+    """Why ``body`` is not a callback request of this app (None when it is one)."""
+    if not isinstance(body, dict):
+        return "body is not a JSON object"
+    output = body.get("output")
+    if not isinstance(output, str) or output not in callback_map:
+        return "unknown output"
+    spec = callback_map[output]
+    for name, expected in (("inputs", spec.get("inputs", [])), ("state", spec.get("state", []))):
+        items = body.get(name, [])
+        if not isinstance(items, list) or len(items) != len(expected):
+            return f"'{name}' must list {len(expected)} item(s)"
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("property"), str):
+                return f"'{name}' items need an id and a property"
+            if not isinstance(item.get("id"), (str, dict)):
+                return f"'{name}' items need an id and a property"
+    outputs = body.get("outputs")
+    listed = outputs if isinstance(outputs, list) else [outputs]
+    if not listed or not all(
+        isinstance(o, dict)
+        and isinstance(o.get("id"), (str, dict))
+        and isinstance(o.get("property"), str)
+        for o in listed
+    ):
+        return "'outputs' must name an id and a property"
+    expected_outputs = output.count("...") + 1 if output.startswith("..") else 1
+    if len(listed) != expected_outputs:
+        return f"'outputs' must list {expected_outputs} item(s)"
+    changed = body.get("changedPropIds", [])
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
+        return "'changedPropIds' must be a list of strings"
+    return None
+
+
+def _guard_dispatch(app) -> None:
+    from dash.exceptions import PreventUpdate
+    from flask import jsonify, request
+    from werkzeug.exceptions import HTTPException
+
+    server = app.server
+    endpoint = next(
+        rule.endpoint
+        for rule in server.url_map.iter_rules()
+        if rule.rule.endswith("_dash-update-component")
+    )
+    original = server.view_functions[endpoint]
+
+    def dispatch(*args, **kwargs):
+        body = request.get_json(silent=True)
+        problem = payload_problem(body, app.callback_map)
+        if problem is not None:
+            return jsonify({"error": f"bad callback request: {problem}"}), 400
+        try:
+            return original(*args, **kwargs)
+        except (PreventUpdate, HTTPException):
+            raise
+        except Exception as exc:
+            log.warning("refused a callback request: %s: %s", type(exc).__name__, exc)
+            return jsonify({"error": "bad callback request"}), 400
+
+    server.view_functions[endpoint] = dispatch
+
+
+def create_app(config: AppConfig, state=None):
+    """The Dash app for ``config`` (``state`` may be given to share caches, e.g. in tests)."""
+    import dash
+
+    from vessel_lens.app.callbacks import register_callbacks
+    from vessel_lens.app.layers import discover_layers, layers
+    from vessel_lens.app.layout import build_layout
+    from vessel_lens.app.methods import discover_methods, methods
+    from vessel_lens.app.state import AppState
+
+    state = state or AppState(config)
+    discover_methods()
+    discover_layers()
+    app = dash.Dash(
+        "vessel_lens.app",
+        assets_folder=str(ASSETS),
+        title="vessel-lens",
+        update_title=None,
+        serve_locally=True,
+        suppress_callback_exceptions=False,
+    )
+    app.server.config["MAX_CONTENT_LENGTH"] = config.upload_bytes * 4 // 3 + 2**20
+    app.layout = build_layout(state, methods(), layers())
+    register_callbacks(app, state)
+    app.vessel_lens_state = state
+    _guard_dispatch(app)
+    return app
+
+
+class Server:
+    """A threaded WSGI server for the app on ``host:port`` that can be stopped."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self._server = make_server(host, port, app.server, threaded=True)
+        self.host = host
+        self.port = int(self._server.server_port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def start(self) -> Server:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        state = getattr(self.app, "vessel_lens_state", None)
+        if state is not None:
+            state.jobs.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

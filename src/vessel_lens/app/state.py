@@ -1,0 +1,324 @@
+"""Server-side state shared by every browser session: models, images and bounded caches.
+
+Each (model, view) pair gets one :class:`~vessel_lens.interpret.JacobianEngine`: its forward
+pass is recorded once, after which one output pixel's gradient map costs one windowed backward
+pass. Engines, gradient maps, uploads and receptive fields live in :class:`LRUCache` objects
+bounded by count and memory, so a long session or many users cannot grow the server without
+bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vessel_lens.app.cache import LRUCache, held_bytes
+from vessel_lens.app.config import RANDOM_INIT, AppConfig
+from vessel_lens.app.images import View, resolve_view
+from vessel_lens.app.jobs import GlobalMaxJobs, Job, engine_global_max
+from vessel_lens.app.stores import StoredJacobian, StoreIndex
+from vessel_lens.data.samples import Sample
+from vessel_lens.errors import ConfigError, DataError
+
+MIB = 2**20
+JOB_CHUNK = 16
+"""Rows per backward pass of the global-maximum job: short, so hovers interleave."""
+
+
+@dataclass
+class ModelEntry:
+    """A model the page can select. ``checkpoint`` is None for the random initialisation."""
+
+    key: str
+    label: str
+    model: nn.Module
+    name: str
+    kwargs: dict
+    weights_hash: str | None
+    in_channels: int
+
+
+def _describe(spec: str, checkpoint) -> str:
+    kwargs = checkpoint.model_kwargs
+    width = f" w{kwargs['width']}" if "width" in kwargs else ""
+    parts = [f"{spec} ({checkpoint.model_name}{width}"]
+    meta = checkpoint.metadata
+    if "epoch" in meta:
+        parts.append(f", epoch {meta['epoch']}")
+    dice = (meta.get("metrics") or {}).get("val_dice")
+    if isinstance(dice, (int, float)):
+        parts.append(f", val Dice {dice:.3f}")
+    return "".join(parts) + ")"
+
+
+def random_model(name: str, kwargs: dict, seed: int, device: torch.device) -> nn.Module:
+    """A freshly initialised model of the same architecture; the global RNG is left as found."""
+    from vessel_lens.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(name, **kwargs)
+    return model.to(device).eval()
+
+
+def load_models(config: AppConfig, device: torch.device) -> dict[str, ModelEntry]:
+    """``m0``, ``m1``, ... for the checkpoints (and ``--compare`` when it is a file), plus
+    ``random``: a random initialisation of the first checkpoint's architecture."""
+    from vessel_lens.interpret.extract import weights_hash
+    from vessel_lens.models import load_model
+
+    specs = list(dict.fromkeys(config.checkpoints))
+    if config.compare not in (None, RANDOM_INIT) and config.compare not in specs:
+        specs.append(config.compare)
+    entries: dict[str, ModelEntry] = {}
+    for i, spec in enumerate(specs):
+        with torch.random.fork_rng(devices=[]):  # building the model draws initial weights
+            model, checkpoint = load_model(spec, device)
+        entries[f"m{i}"] = ModelEntry(
+            f"m{i}",
+            _describe(spec, checkpoint),
+            model,
+            checkpoint.model_name,
+            dict(checkpoint.model_kwargs),
+            weights_hash(checkpoint.state_dict),
+            int(checkpoint.model_kwargs.get("in_channels", 1)),
+        )
+    first = entries["m0"]
+    entries[RANDOM_INIT] = ModelEntry(
+        RANDOM_INIT,
+        f"random init of {first.name} (seed {config.seed})",
+        random_model(first.name, first.kwargs, config.seed, device),
+        first.name,
+        first.kwargs,
+        None,
+        first.in_channels,
+    )
+    return entries
+
+
+def engine_bytes(engine) -> int:
+    """Memory held by an engine: its recorded forward pass and prepared coefficients."""
+    return held_bytes(engine)
+
+
+class AppState:
+    """Everything the callbacks read. Built once by ``create_app``; thread-safe."""
+
+    def __init__(self, config: AppConfig, dataset=None, models=None):
+        from vessel_lens.data.source import open_dataset
+        from vessel_lens.devices import resolve_device
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.models = models if models is not None else load_models(config, self.device)
+        in_channels = self.models["m0"].in_channels
+        self.dataset = dataset or open_dataset(
+            config.data, keep_channels=in_channels > 1, require_labels=False
+        )
+        self.compare_default = None
+        if config.compare == RANDOM_INIT:
+            self.compare_default = RANDOM_INIT
+        elif config.compare is not None:
+            specs = list(dict.fromkeys(config.checkpoints))
+            index = specs.index(config.compare) if config.compare in specs else len(specs)
+            self.compare_default = f"m{index}"
+        self.stores = StoreIndex(config.erf)
+        self.uploads = LRUCache(config.uploads, 256 * MIB)
+        budget = config.cache_mb * MIB
+        self.engines = LRUCache(config.engines, budget * 3 // 4, size_of=engine_bytes)
+        self.gradients = LRUCache(100_000, budget // 4)
+        self.fields = LRUCache(16)
+        self.jobs = GlobalMaxJobs()
+        self._engine_locks: dict[tuple, threading.Lock] = {}
+        self._model_locks = {key: threading.Lock() for key in self.models}
+        self.compute = threading.BoundedSemaphore(config.workers)
+        self._lock = threading.Lock()
+
+    def model_lock(self, model_key: str) -> threading.Lock:
+        """Held while a model's mode or hooks may change (engine builds, attributions)."""
+        self.model(model_key)
+        return self._model_locks[model_key]
+
+    def model(self, key: object) -> ModelEntry:
+        if not isinstance(key, str) or key not in self.models:
+            raise ConfigError(f"unknown model {str(key)[:40]!r}")
+        return self.models[key]
+
+    def image_options(self) -> list[dict[str, str]]:
+        """Dropdown options: dataset images (with their split), stored crops, uploads."""
+        split_of = {stem: split for split, stems in self.dataset.splits.items() for stem in stems}
+        options = [
+            {"label": f"{stem} · {split_of.get(stem, 'unsplit')}", "value": f"data/{stem}"}
+            for stem in self.dataset.samples
+        ]
+        for store in self.stores.stores:
+            if store.stem not in self.dataset.samples:
+                options.append({"label": f"{store.name} · stored", "value": f"store/{store.name}"})
+        for key, sample in self.uploads.snapshot():
+            options.append({"label": f"{sample.stem} · uploaded", "value": key})
+        return options
+
+    def sample(self, key: object) -> Sample:
+        """The sample behind an image key (keys are never paths)."""
+        if isinstance(key, str) and key.startswith("data/"):
+            sample = self.dataset.samples.get(key[5:])
+            if sample is not None:
+                return sample
+        elif isinstance(key, str) and key.startswith("upload/"):
+            sample = self.uploads.get(key)
+            if sample is not None:
+                return sample
+            raise DataError("that upload is no longer in memory; upload it again")
+        elif isinstance(key, str) and key.startswith("store/"):
+            store = self._store_by_name(key[6:])
+            if store is not None:
+                image = self.fields.get_or_create(("image", key), lambda: self.stores.image(store))
+                return Sample(store.stem, image)
+        raise DataError(f"unknown image {str(key)[:60]!r}")
+
+    def _store_by_name(self, name: str) -> StoredJacobian | None:
+        return next((s for s in self.stores.stores if s.name == name), None)
+
+    def add_upload(self, sample: Sample) -> str:
+        key = f"upload/{sample.stem}"
+        self.uploads.put(key, sample)
+        return key
+
+    def stored_box(self, key: str) -> tuple[int, int, int, int] | None:
+        """The crop box of a precomputed store for this image (the first one found)."""
+        if key.startswith("store/"):
+            store = self._store_by_name(key[6:])
+            return None if store is None else (0, 0, store.crop_box[2], store.crop_box[3])
+        if key.startswith("data/"):
+            stores = self.stores.for_stem(key[5:])
+            return stores[0].crop_box if stores else None
+        return None
+
+    def view(self, key: object, mode: object, size=None, top=None, left=None) -> tuple[View, str]:
+        sample = self.sample(key)
+        return resolve_view(
+            str(key), sample.size, mode, size, top, left, self.config.max_side, self.stored_box(key)
+        )
+
+    def store_for(self, model_key: str, view: View) -> StoredJacobian | None:
+        entry = self.model(model_key)
+        if view.key.startswith("store/"):
+            store = self._store_by_name(view.key[6:])
+            if store is None or (view.height, view.width) != tuple(store.crop_box[2:]):
+                return None
+            box, stem = store.crop_box, store.stem
+        elif view.key.startswith("data/"):
+            box, stem = (view.top, view.left, view.height, view.width), view.key[5:]
+        else:
+            return None
+        return self.stores.match(stem, box, entry.weights_hash)
+
+    def engine(self, model_key: str, view: View):
+        from vessel_lens.interpret import JacobianEngine
+
+        entry = self.model(model_key)
+        image = view.crop(self.sample(view.key).image)
+        if int(image.shape[0]) != entry.in_channels:
+            raise DataError(
+                f"image has {int(image.shape[0])} channel(s) but {entry.label} expects "
+                f"{entry.in_channels}"
+            )
+
+        def build():
+            with self.compute, self.model_lock(model_key):
+                return JacobianEngine(entry.model, image.contiguous(), device=self.device)
+
+        return self.engines.get_or_create((model_key, view), build)
+
+    def probability(self, model_key: str, view: View) -> np.ndarray:
+        """Vessel probability (H, W) of the view, from the engine's forward pass."""
+        return self.engine(model_key, view).probability.cpu().numpy()
+
+    def _engine_lock(self, model_key: str, view: View, engine) -> threading.Lock | None:
+        if engine.strategy == "linear":
+            return None
+        with self._lock:
+            return self._engine_locks.setdefault((model_key, view), threading.Lock())
+
+    def gradient(self, model_key: str, view: View, row: int, col: int) -> tuple[torch.Tensor, str]:
+        """d probability(row, col) / d input: (C, H, W) float32 on the CPU, and its source."""
+        if not (0 <= row < view.height and 0 <= col < view.width):
+            raise ConfigError(
+                f"pixel ({row}, {col}) lies outside the {view.height}x{view.width} view"
+            )
+        key = ("gradient", model_key, view, row, col)
+        cached = self.gradients.get(key)
+        if cached is not None:
+            return cached
+        store = self.store_for(model_key, view)
+        if store is not None:
+            stored = self.stores.row(store, row, col)
+            if stored is not None:
+                return self.gradients.put(key, (stored.cpu().clone(), "stored"))
+        engine = self.engine(model_key, view)
+        flat = torch.tensor([row * view.width + col])
+        lock = self._engine_lock(model_key, view, engine)
+        with self.compute, lock or contextlib.nullcontext():
+            rows = engine.rows(flat)
+        return self.gradients.put(key, (rows[0].float().cpu().clone(), "computed"))
+
+    def receptive_field(self, model_key: str, view: View):
+        """The model's structural receptive field at the view's size (None if unknown)."""
+        from vessel_lens.interpret.field import receptive_field
+
+        entry = self.model(model_key)
+        key = ("field", entry.name, tuple(sorted(entry.kwargs.items())), view.height, view.width)
+
+        def build():
+            try:
+                with self.compute, self.model_lock(model_key):
+                    return receptive_field(entry.model, (view.height, view.width))
+            except ConfigError:
+                return None
+
+        return self.fields.get_or_create(key, build)
+
+    def receptive_box(self, model_key: str, view: View, row: int, col: int):
+        """Half-open (top, bottom, left, right) input box that can influence (row, col)."""
+        field = self.receptive_field(model_key, view)
+        if field is None or field.boxes is None:
+            return None
+        return tuple(int(v) for v in field.boxes[row * view.width + col])
+
+    def global_max(self, model_key: str, view: View) -> tuple[float | None, str]:
+        """(max |g| over the view's whole Jacobian or None, a status line for the page)."""
+        key = (model_key, view)
+        job = self.jobs.get(key)
+        if job is not None and job.state == "done":
+            return job.value, job.note
+        store = self.store_for(model_key, view)
+        if store is not None and store.full and self.stores.in_memory(store):
+            value = self.stores.global_max(store)
+            self.jobs.set_value(key, value, f"from store {store.name}")
+            return value, f"from store {store.name}"
+        if job is None:
+            return None, "not computed yet: press 'compute global max'"
+        if job.state in ("queued", "running"):
+            return None, f"computing: {100 * job.fraction:.0f} % of {job.total} rows"
+        return None, f"not available ({job.error})"
+
+    def request_global_max(self, model_key: str, view: View) -> Job:
+        store = self.store_for(model_key, view)
+        if store is not None and store.full:
+            total = store.rows
+            return self.jobs.submit(
+                (model_key, view), total, lambda progress: self.stores.global_max(store)
+            )
+        engine = self.engine(model_key, view)
+        lock = self._engine_lock(model_key, view, engine)
+        guards = (self.compute,) if lock is None else (self.compute, lock)
+        return self.jobs.submit(
+            (model_key, view),
+            view.height * view.width,
+            lambda progress: engine_global_max(engine, progress, JOB_CHUNK, guards),
+        )

@@ -1,0 +1,120 @@
+"""``vessel-lens app``: the interactive app in the browser (needs the ``[app]`` extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vessel_lens.errors import ConfigError
+
+
+def app(
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Checkpoint file, run folder or shipped name; repeat to offer several "
+            "(the first is shown). Default: vessmap-w16."
+        ),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint shown side by side from the start, or 'random' for a random "
+            "initialisation of the first checkpoint's architecture."
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Dataset folder or CSV manifest (default: synthetic vessels)."),
+    ] = None,
+    erf: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of precomputed stores (vessel-lens jacobian): used for matching "
+            "image, crop and checkpoint (stored rows, global max, count map)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8050,
+    debug: Annotated[
+        bool, typer.Option(help="Dash debug mode: dev tools and tracebacks in the page.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    threads: Annotated[
+        int, typer.Option(help="Torch threads per request (1 is fastest on a busy CPU).")
+    ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(help="Computations run at the same time; more requests wait their turn."),
+    ] = 2,
+    max_side: Annotated[
+        int, typer.Option(help="Largest analysed side; larger images open as a centred crop.")
+    ] = 1024,
+    upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB.")] = 20.0,
+    cache_mb: Annotated[
+        int,
+        typer.Option(
+            help="Memory for prepared images and gradient maps in MiB (least recently used "
+            "ones are dropped)."
+        ),
+    ] = 1024,
+) -> int:
+    """Explore any pixel's gradient live: hover a pixel to see what the network looked at."""
+    if importlib.util.find_spec("dash") is None:
+        raise ConfigError("the app needs Dash: pip install 'vessel-lens[app]'")
+    import torch
+
+    from vessel_lens.app import AppConfig, Server, create_app
+
+    config = AppConfig(
+        checkpoints=list(checkpoint or []),
+        compare=compare,
+        data=data,
+        erf=erf,
+        host=host,
+        port=port,
+        debug=debug,
+        device=device,
+        threads=threads,
+        workers=workers,
+        max_side=max_side,
+        upload_mb=upload_mb,
+        cache_mb=cache_mb,
+    )
+    torch.set_num_threads(config.threads)
+    if not config.debug:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover
+    if not config.is_local:
+        typer.echo(
+            f"warning: binding {config.host} lets other machines use this app "
+            "(and your CPU); there is no authentication",
+            err=True,
+        )
+    dash_app = create_app(config)
+    if config.debug:
+        typer.echo("warning: Dash debug mode is on; use it on your own machine only", err=True)
+        dash_app.run(host=config.host, port=config.port, debug=True, use_reloader=False)
+        return 0
+    try:
+        server = Server(dash_app, config.host, config.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"--host {config.host} --port {config.port}: cannot listen there "
+            f"({exc.strerror or exc})"
+        ) from None
+    typer.echo(f"vessel-lens app on {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    finally:
+        dash_app.vessel_lens_state.jobs.shutdown(wait=5.0)
+    return 0
+
+
+def register(typer_app: typer.Typer) -> None:
+    typer_app.command("app")(app)

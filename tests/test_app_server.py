@@ -1,0 +1,250 @@
+"""The app's HTTP surface (Flask test client) and its command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import typer
+
+pytest.importorskip("dash")
+
+from vessel_lens.app import AppConfig, create_app
+from vessel_lens.app.figures import decode_typed_array
+from vessel_lens.data import write_synthetic_dataset
+from vessel_lens.errors import CheckpointError, ConfigError
+from vessel_lens.models import create_model, save_checkpoint
+
+UPDATE = "/_dash-update-component"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app-server")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = create_model("resnet_seg", width=4, in_channels=1)
+    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
+    write_synthetic_dataset(root / "data", count=2, size=32, progress=False)
+    config = AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data"), upload_mb=1)
+    app = create_app(config)
+    client = app.server.test_client()
+    dependencies = client.get("/_dash-dependencies").get_json()
+    yield SimpleNamespace(
+        app=app, client=client, dependencies=dependencies, checkpoint=checkpoint, root=root
+    )
+    app.vessel_lens_state.jobs.shutdown(wait=10)
+
+
+def request_for(served, output_fragment: str, values: dict[str, object]) -> dict:
+    """A callback request body as the browser would send it (values by 'id.property')."""
+    spec = next(d for d in served.dependencies if output_fragment in d["output"])
+
+    def items(kind):
+        return [
+            {**item, "value": values.get(f"{item['id']}.{item['property']}")} for item in spec[kind]
+        ]
+
+    outputs = [
+        {"id": part.split(".")[0], "property": part.split(".")[1].split("@")[0]}
+        for part in spec["output"].strip(".").split("...")
+    ]
+    return {
+        "output": spec["output"],
+        "outputs": outputs if spec["output"].startswith("..") else outputs[0],
+        "inputs": items("inputs"),
+        "state": items("state"),
+        "changedPropIds": [f"{spec['inputs'][0]['id']}.{spec['inputs'][0]['property']}"],
+    }
+
+
+def test_page_is_served_without_external_resources(served):
+    response = served.client.get("/")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "<title>vessel-lens</title>" in html
+    assert "https://" not in html and "http://" not in html.replace("http://www.w3.org", "")
+    layout = json.dumps(served.client.get("/_dash-layout").get_json())
+    for component in ("graph-input", "graph-gradient", "graph-zoom", "threshold-slider", "upload"):
+        assert f'"{component}"' in layout
+
+
+def view_store(served) -> dict:
+    state = served.app.vessel_lens_state
+    key = state.image_options()[0]["value"]
+    view, _ = state.view(key, "full")
+    return {"view": view.as_dict(), "pixel": {"row": 3, "col": 4}}
+
+
+def pixel_values(served, **override) -> dict[str, object]:
+    values = {
+        "pixel-store.data": {"row": 5, "col": 9},
+        "threshold-store.data": {"fraction": 0.02},
+        "threshold-mode.value": "pixel",
+        "method.value": "gradient",
+        "target.value": "pixel",
+        "overlays.value": ["bbox"],
+        "view-store.data": view_store(served),
+        "model.value": "m0",
+        "compare.value": "none",
+    }
+    values.update(override)
+    return values
+
+
+def test_a_hover_request_returns_the_gradient_figure_and_numbers(served):
+    body = request_for(served, "graph-gradient.figure", pixel_values(served))
+    response = served.client.post(UPDATE, json=body)
+    assert response.status_code == 200
+    result = response.get_json()["response"]
+    z = decode_typed_array(result["graph-gradient"]["figure"]["data"][0]["z"])
+    state = served.app.vessel_lens_state
+    view, _ = state.view(state.image_options()[0]["value"], "full")
+    expected = state.gradient("m0", view, 5, 9)[0].sum(0).numpy()
+    assert z.shape == (32, 32) and (z == expected).all()
+    assert "pixel count" in json.dumps(result["stats"]["children"])
+    assert result["message"]["children"] == ""
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"threshold-store.data": {"fraction": "lots"}}, "not a number"),
+        ({"threshold-mode.value": "percent"}, "threshold mode"),
+        ({"model.value": "../../etc/passwd"}, "unknown model"),
+        ({"view-store.data": {"view": {"key": "/etc/passwd"}}}, "unknown image"),
+        ({"pixel-store.data": {"row": 999, "col": 0}}, "outside"),
+        ({"method.value": 12}, "unknown method"),
+    ],
+)
+def test_malformed_values_become_a_message_not_an_error(served, override, expected):
+    body = request_for(served, "graph-gradient.figure", pixel_values(served, **override))
+    response = served.client.post(UPDATE, json=body)
+    assert response.status_code == 200
+    assert expected in response.get_json()["response"]["message"]["children"]
+
+
+def test_a_request_without_a_pixel_changes_nothing(served):
+    body = request_for(
+        served, "graph-gradient.figure", pixel_values(served, **{"pixel-store.data": "garbage"})
+    )
+    assert served.client.post(UPDATE, json=body).status_code == 204
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda body: "not json",
+        lambda body: [],
+        lambda body: {**body, "output": "nothing.here"},
+        lambda body: {**body, "inputs": body["inputs"][:2]},
+        lambda body: {**body, "inputs": ["x"] * len(body["inputs"])},
+        lambda body: {**body, "state": None},
+        lambda body: {**body, "outputs": {"id": "x"}},
+        lambda body: {**body, "outputs": body["outputs"][:1]},
+        lambda body: {**body, "changedPropIds": 5},
+        lambda body: {k: v for k, v in body.items() if k != "inputs"},
+    ],
+)
+def test_malformed_callback_requests_get_400(served, mutate):
+    body = mutate(request_for(served, "graph-gradient.figure", pixel_values(served)))
+    if isinstance(body, str):
+        response = served.client.post(UPDATE, data=body, content_type="application/json")
+    else:
+        response = served.client.post(UPDATE, json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("bad callback request")
+
+
+def test_oversized_requests_are_refused(served):
+    response = served.client.post(UPDATE, data=b"x" * (3 * 2**20), content_type="application/json")
+    assert response.status_code == 413
+
+
+def test_a_bad_upload_is_reported_in_the_page(served):
+    values = {
+        "upload.contents": "data:image/png;base64,bm90IGFuIGltYWdl",
+        "upload.filename": "a.png",
+    }
+    body = request_for(served, "upload-message.children", values)
+    response = served.client.post(UPDATE, json=body)
+    assert response.status_code == 200
+    shown = response.get_json()["response"]["upload-message"]["children"]
+    assert shown["props"]["className"] == "error"
+    message = shown["props"]["children"]
+    assert message.startswith("a.png: cannot read image") and "Traceback" not in message
+
+
+def test_threshold_slider_and_number_stay_in_step(served):
+    body = request_for(
+        served,
+        "threshold-store.data",
+        {
+            "threshold-slider.value": -1.0,
+            "threshold-input.value": 0.01,
+            "threshold-mode.value": "global",
+        },
+    )
+    result = served.client.post(UPDATE, json=body).get_json()["response"]
+    assert result["threshold-input"]["value"] == pytest.approx(0.1)
+    assert result["threshold-store"]["data"] == {"fraction": pytest.approx(0.1)}
+    assert "whole Jacobian" in result["threshold-help"]["children"]
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def run_command(args: list[str]) -> object:
+    from vessel_lens.cli.app import register
+
+    typer_app = typer.Typer()
+    register(typer_app)
+
+    @typer_app.callback()
+    def _root() -> None:
+        """Root (so 'app' is a subcommand)."""
+
+    command = typer.main.get_command(typer_app)
+    return command.main(args=args, prog_name="vessel-lens", standalone_mode=False)
+
+
+def test_cli_help_lists_the_options(capsys):
+    run_command(["app", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--checkpoint", "--compare", "--data", "--erf", "--host", "--port", "--debug"):
+        assert option in out
+    assert "127.0.0.1" in out
+
+
+def test_cli_refuses_a_missing_checkpoint_before_listening(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        run_command(["app", "--checkpoint", str(tmp_path / "missing.pt"), "--port", "0"])
+    with pytest.raises(ConfigError, match="--erf"):
+        run_command(["app", "--erf", str(tmp_path / "nothing"), "--port", "0"])
+
+
+def test_cli_main_runs_the_app_command_when_wired(capsys, tmp_path):
+    from vessel_lens.cli import build_app, main
+
+    names = [c.name for c in build_app().registered_commands]
+    if "app" not in names:
+        pytest.skip("vessel_lens.cli.build_app does not register the app command yet")
+    assert main(["app", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+
+
+def test_importing_the_command_does_not_import_dash():
+    code = (
+        "import sys, vessel_lens.cli, vessel_lens.cli.app; "
+        "print('dash' in sys.modules, 'vessel_lens.app' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
