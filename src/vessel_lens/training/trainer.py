@@ -272,6 +272,16 @@ class Trainer:
 
     # ------------------------------------------------------------- the run
     def run(self) -> TrainSummary:
+        """Train until the configured end; torch's thread count is restored afterwards."""
+        previous_threads = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _run(self) -> TrainSummary:
         config = self.config
         total = config.epochs * self.steps_per_epoch * config.batch_size * self.ctx.world_size
         done = self.epoch * self.steps_per_epoch * config.batch_size * self.ctx.world_size
