@@ -165,12 +165,19 @@ def load_model(
     return checkpoint.build(device), checkpoint
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Save to a temporary file beside ``path`` and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
