@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.synthetic import write_synthetic_dataset
 from vessel_lens.errors import ConfigError
@@ -87,7 +88,7 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
     outputs.lines.extend(format_table(evaluation))
 
     sample = dataset.subset("test")[0]
-    outputs.files.update(_jacobian_step(out, data, sample.stem, device, progress))
+    outputs.files.update(_jacobian_step(out, data, sample, device, progress))
     report = write_report(
         model,
         [crop_sample(s, 128) for s in dataset.subset("test")[:2]],
@@ -108,34 +109,38 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
     return outputs
 
 
-def _jacobian_step(out: Path, data: Path, stem: str, device: str, progress: bool) -> dict:
+def _jacobian_step(out: Path, data: Path, sample: Sample, device: str, progress: bool) -> dict:
     """``vessel-lens jacobian`` on the centred 64x64 crop of one test image, then the original
-    notebook's panels (thresholded gradient and gradient) at the crop's centre pixel."""
+    notebook's panels at the vessel pixel nearest the crop's centre (or the centre itself)."""
     extract_jacobians(
         ExtractConfig(
             checkpoint=str(out / "run" / "best.pt"),
             out=out / "jacobian",
             data=str(data),
             split="test",
-            images=[stem],
+            images=[sample.stem],
             crop=64,
             device=device,
             progress=progress,
         )
     )
-    store = out / "jacobian" / f"{stem}.zarr"
+    store = out / "jacobian" / f"{sample.stem}.zarr"
     rows, meta = load_jacobian(store)
-    centre = 32 * 64 + 32
-    gradient = rows[centre : centre + 1]
+    top, left, height, width = meta["crop_box"]
+    probability = torch.as_tensor(meta["probability"])
+    rr, cc = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    distance = (rr - height // 2) ** 2 + (cc - width // 2) ** 2 + 1e9 * (probability <= 0.5)
+    row, col = divmod(int(distance.argmin()), width)
+    gradient = rows[row * width + col][None]
     magnitude = gradient_magnitude(gradient[0])
     stats = pixel_stats(magnitude, threshold_value(magnitude, 0.01, "pixel"))
     figure = pixel_panels(
         torch.as_tensor(meta["image"]),
-        torch.as_tensor(meta["probability"]),
-        None,
-        [(32, 32, "centre")],
+        probability,
+        sample.label[top : top + height, left : left + width],
+        [(row, col, "vessel" if probability[row, col] > 0.5 else "centre")],
         gradient,
         [stats],
-        out / "jacobian" / f"{stem}_centre_pixel.png",
+        out / "jacobian" / f"{sample.stem}_pixel_{row}_{col}.png",
     )
     return {"jacobian-store": store, "jacobian-panels": figure}
