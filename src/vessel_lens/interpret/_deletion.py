@@ -33,10 +33,10 @@ from scipy.integrate import trapezoid
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret._inputs import frozen_eval
 from vessel_lens.interpret.attribution import (
     as_image_batch,
     as_target,
-    evaluation_state,
     model_device,
 )
 from vessel_lens.interpret.targets import Target, TargetValue
@@ -169,7 +169,7 @@ def deletion_curves(
     fractions = np.array([c / total for c in counts])
     generator = torch.Generator().manual_seed(int(seed))
     forward = TargetValue(model, chosen)
-    with evaluation_state(model):
+    with frozen_eval(model):
         randoms = [
             _curve(
                 forward,

@@ -55,6 +55,7 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._guided import guided_relus
+from vessel_lens.interpret._inputs import frozen_eval
 from vessel_lens.interpret.targets import Target, TargetValue, mask_target, pixel_target
 
 METHODS = (
@@ -105,23 +106,6 @@ def _options(method: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-@contextmanager
-def evaluation_state(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, parameters not requiring grad; both restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
 
 
 @contextmanager
@@ -217,7 +201,7 @@ def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
 
         handles.append(module.register_forward_hook(hook))
     try:
-        with evaluation_state(model):
+        with frozen_eval(model):
             model(batch)
     finally:
         for handle in handles:
@@ -339,7 +323,7 @@ def attribute(
     x = x.to(model_device(model))
     if method not in ("occlusion", "layer_gradcam"):
         x.requires_grad_(True)
-    with evaluation_state(model):
+    with frozen_eval(model):
         result = _run(method, TargetValue(model, chosen), x, options)
     return result.detach()[0].float().cpu()
 
@@ -347,7 +331,7 @@ def attribute(
 def target_value(model: nn.Module, image: torch.Tensor, target: Target) -> float:
     """The target's value for one image (eval mode, model state restored)."""
     x = as_image_batch(image).to(model_device(model))
-    with torch.no_grad(), evaluation_state(model):
+    with torch.no_grad(), frozen_eval(model):
         return float(TargetValue(model, as_target(target, tuple(x.shape[-2:])))(x)[0])
 
 

@@ -59,11 +59,11 @@ from vessel_lens.interpret._deletion import (
     deletion_curves,
     replacement_image,
 )
+from vessel_lens.interpret._inputs import frozen_eval
 from vessel_lens.interpret.attribution import (
     as_image_batch,
     as_target,
     attribute,
-    evaluation_state,
     model_device,
 )
 from vessel_lens.interpret.targets import Target
@@ -98,7 +98,7 @@ def parameter_stages(model: nn.Module, image: torch.Tensor) -> list[str]:
         for name, module in candidates
     ]
     try:
-        with evaluation_state(model):
+        with frozen_eval(model):
             model(as_image_batch(image).to(model_device(model)))
     finally:
         for handle in handles:
