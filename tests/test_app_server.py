@@ -13,13 +13,12 @@ import typer
 
 pytest.importorskip("dash")
 
-from vessel_lens.app import AppConfig, create_app
+from vessel_lens.app import AppConfig, create_app, testing
 from vessel_lens.app.figures import decode_typed_array
+from vessel_lens.app.testing import UPDATE, callback_request
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import CheckpointError, ConfigError
 from vessel_lens.models import create_model, save_checkpoint
-
-UPDATE = "/_dash-update-component"
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +41,7 @@ def served(tmp_path_factory):
 
 def request_for(served, output_fragment: str, values: dict[str, object]) -> dict:
     """A callback request body as the browser would send it (values by 'id.property')."""
-    spec = next(d for d in served.dependencies if output_fragment in d["output"])
-
-    def items(kind):
-        return [
-            {**item, "value": values.get(f"{item['id']}.{item['property']}")} for item in spec[kind]
-        ]
-
-    outputs = [
-        {"id": part.split(".")[0], "property": part.split(".")[1].split("@")[0]}
-        for part in spec["output"].strip(".").split("...")
-    ]
-    return {
-        "output": spec["output"],
-        "outputs": outputs if spec["output"].startswith("..") else outputs[0],
-        "inputs": items("inputs"),
-        "state": items("state"),
-        "changedPropIds": [f"{spec['inputs'][0]['id']}.{spec['inputs'][0]['property']}"],
-    }
+    return callback_request(served.dependencies, output_fragment, values)
 
 
 def test_page_is_served_without_external_resources(served):
@@ -81,19 +63,7 @@ def view_store(served) -> dict:
 
 
 def pixel_values(served, **override) -> dict[str, object]:
-    values = {
-        "pixel-store.data": {"row": 5, "col": 9},
-        "threshold-store.data": {"fraction": 0.02},
-        "threshold-mode.value": "pixel",
-        "method.value": "gradient",
-        "target.value": "pixel",
-        "overlays.value": ["bbox"],
-        "view-store.data": view_store(served),
-        "model.value": "m0",
-        "compare.value": "none",
-    }
-    values.update(override)
-    return values
+    return testing.pixel_values(view_store(served), (5, 9), override)
 
 
 def test_a_hover_request_returns_the_gradient_figure_and_numbers(served):

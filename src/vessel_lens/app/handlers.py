@@ -41,8 +41,8 @@ def parse_point(event: object) -> tuple[int, int] | None:
     x, y = points[0].get("x"), points[0].get("y")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
         return None
-    if not (math.isfinite(x) and math.isfinite(y)):
-        return None
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (x, y)):
+        return None  # ints are exact (math.isfinite would overflow on huge ones)
     return round(y), round(x)
 
 
@@ -51,6 +51,11 @@ def stored_point(pixel: object) -> tuple[int, int] | None:
     if not isinstance(pixel, dict):
         return None
     return parse_point({"points": [{"x": pixel.get("col"), "y": pixel.get("row")}]})
+
+
+def chosen_overlays(overlays: object) -> set[str]:
+    """The overlay names ticked in the page (anything else the browser sends is ignored)."""
+    return {o for o in overlays if isinstance(o, str)} if isinstance(overlays, list) else set()
 
 
 def view_from_data(state, data: object) -> View:
@@ -113,7 +118,7 @@ def input_panels(
 ) -> tuple[dict, dict]:
     """The input with its overlays (and the pixel marker) and the model mask."""
     sample = state.sample(view.key)
-    chosen = set(overlays) if isinstance(overlays, list) else set()
+    chosen = chosen_overlays(overlays)
     probability = state.probability(model, view)
     masks = {}
     for name, mask in (
@@ -229,7 +234,7 @@ def pixel_outputs(
         outputs.zoom.append(zoom_panel(analysis, prefix, clip))
         caption = f"{prefix}{analysis.model_label}"
         outputs.tables.append([caption, stats_table(stats_rows(analysis))])
-    chosen = set(overlays) if isinstance(overlays, list) else set()
+    chosen = chosen_overlays(overlays)
     first = analyses[0]
     outputs.shapes = figures.marker_shapes(
         row,
@@ -242,6 +247,7 @@ def pixel_outputs(
 
 def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool, float | None]:
     """(status line, whether polling should stop, the value when known)."""
+    state.model(model)  # an unknown (or unhashable) key is refused before any lookup by it
     if start:
         job = state.request_global_max(model, view)
         if job.state == "refused":

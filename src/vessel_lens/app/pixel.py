@@ -46,6 +46,8 @@ def parse_threshold(fraction: object, mode: object) -> Threshold:
         value = float(fraction)
     except ValueError:
         raise ConfigError(f"threshold {str(fraction)[:20]!r}: not a number") from None
+    except OverflowError:
+        raise ConfigError(f"threshold {str(fraction)[:20]}...: too large") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"threshold {value}: must be a positive number (0.01 means 1 %)")
     check_fraction(value, mode)
@@ -56,10 +58,14 @@ def slider_to_fraction(position: object) -> float:
     """Slider position (log10 of the fraction) → fraction, clipped to the slider's range."""
     if isinstance(position, bool) or not isinstance(position, (int, float)):
         raise ConfigError("threshold slider: expected a number")
+    try:
+        position = float(position)
+    except OverflowError:
+        position = math.inf
     if not math.isfinite(position):
         raise ConfigError("threshold slider: expected a finite number")
     low, high = SLIDER_RANGE
-    return float(10 ** min(max(float(position), low), high))
+    return float(10 ** min(max(position, low), high))
 
 
 def fraction_to_slider(fraction: float) -> float:

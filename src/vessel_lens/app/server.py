@@ -12,6 +12,7 @@ unpacking one, because the callbacks themselves never raise.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 
@@ -33,11 +34,14 @@ def payload_problem(body: object, callback_map: dict) -> str | None:
         items = body.get(name, [])
         if not isinstance(items, list) or len(items) != len(expected):
             return f"'{name}' must list {len(expected)} item(s)"
-        for item in items:
+        for item, wanted in zip(items, expected, strict=True):
             if not isinstance(item, dict) or not isinstance(item.get("property"), str):
                 return f"'{name}' items need an id and a property"
             if not isinstance(item.get("id"), (str, dict)):
                 return f"'{name}' items need an id and a property"
+            if _names(item) != _names(wanted):
+                # Dash reads inputs by position: a misnamed item would feed another's value.
+                return f"'{name}' must list {', '.join(_names(w) for w in expected)} in order"
     outputs = body.get("outputs")
     listed = outputs if isinstance(outputs, list) else [outputs]
     if not listed or not all(
@@ -47,13 +51,23 @@ def payload_problem(body: object, callback_map: dict) -> str | None:
         for o in listed
     ):
         return "'outputs' must name an id and a property"
-    expected_outputs = output.count("...") + 1 if output.startswith("..") else 1
-    if len(listed) != expected_outputs:
-        return f"'outputs' must list {expected_outputs} item(s)"
+    wanted_outputs = output.strip(".").split("...") if output.startswith("..") else [output]
+    if len(listed) != len(wanted_outputs):
+        return f"'outputs' must list {len(wanted_outputs)} item(s)"
+    if any(
+        isinstance(o["id"], str) and _names(o) != w.split("@")[0]
+        for o, w in zip(listed, wanted_outputs, strict=True)
+    ):
+        return "'outputs' do not match 'output'"
     changed = body.get("changedPropIds", [])
     if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
         return "'changedPropIds' must be a list of strings"
     return None
+
+
+def _names(item: dict) -> str:
+    """'id.property' of a request item (pattern-matching ids are compared as given)."""
+    return f"{item.get('id')}.{str(item.get('property')).split('@')[0]}"
 
 
 def _guard_dispatch(app) -> None:
@@ -70,7 +84,10 @@ def _guard_dispatch(app) -> None:
     original = server.view_functions[endpoint]
 
     def dispatch(*args, **kwargs):
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # json raises it, not ValueError, for deeply nested input
+            return jsonify({"error": "bad callback request: body nests too deeply"}), 400
         problem = payload_problem(body, app.callback_map)
         if problem is not None:
             return jsonify({"error": f"bad callback request: {problem}"}), 400
@@ -118,12 +135,22 @@ class Server:
     """A threaded WSGI server for the app on ``host:port`` that can be stopped."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        from werkzeug.serving import make_server
+        from werkzeug.serving import get_sockaddr, make_server, select_address_family
 
         self.app = app
-        self._server = make_server(host, port, app.server, threaded=True)
+        # Bound here, not by werkzeug: it prints the OSError and calls sys.exit(1) instead
+        # of raising, so the caller could not report it as one line.
+        family = select_address_family(host, port)
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(get_sockaddr(host, int(port), family))
+            listener.listen(128)
+            self._server = make_server(host, port, app.server, threaded=True, fd=listener.fileno())
+        finally:
+            listener.close()  # werkzeug keeps its own duplicate of the descriptor
         self.host = host
-        self.port = int(self._server.server_port)
+        self.port = int(self._server.port)
         self._thread: threading.Thread | None = None
 
     @property
