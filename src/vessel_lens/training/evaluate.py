@@ -51,7 +51,7 @@ def _mean(rows: list[dict], name: str) -> float:
 def evaluate_model(
     model: nn.Module,
     samples: Sequence[Sample],
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     panels: Path | None = None,
     flip_average: bool = False,
     progress: bool = True,

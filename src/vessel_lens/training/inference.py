@@ -10,14 +10,17 @@ from torch import nn
 def vessel_probability(
     model: nn.Module,
     image: torch.Tensor,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     flip_average: bool = False,
 ) -> torch.Tensor:
     """(C, H, W) or (B, C, H, W) image -> (H, W) or (B, H, W) probability of class 1 (CPU).
 
-    The model is used as given (call ``.eval()`` first for inference). With
-    ``flip_average`` the probabilities of the four flips are averaged.
+    The model is used as given (call ``.eval()`` first for inference) on ``device``
+    (default: the device of its parameters). With ``flip_average`` the probabilities of the
+    four flips are averaged.
     """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     single = image.dim() == 3
     batch = (image[None] if single else image).to(device)
     flips = [(), (-1,), (-2,), (-2, -1)] if flip_average else [()]

@@ -33,7 +33,7 @@ def predict_folder(
     source: Path,
     out: Path,
     in_channels: int = 1,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     threshold: float = 0.5,
     overwrite: bool = False,
     progress: bool = True,

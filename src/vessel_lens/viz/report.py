@@ -269,7 +269,7 @@ def write_report(
     run_dir: Path | None = None,
     run_note: str = "",
     erf_dir: Path | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ReportOutputs:
@@ -287,7 +287,11 @@ def write_report(
         raise ConfigError("report: no image to show")
     figures, tables = out / "figures", out / "tables"
     figures.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    device = (
+        torch.device(device)
+        if device is not None
+        else next((p.device for p in model.parameters()), torch.device("cpu"))
+    )
     checked = min(options.sanity_images, len(samples))
     pixel_rows: list[dict] = []
     produced: list[Path] = []
