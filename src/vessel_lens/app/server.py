@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 
 from vessel_lens.app.config import AppConfig
@@ -128,7 +129,51 @@ def create_app(config: AppConfig, state=None):
     register_callbacks(app, state)
     app.vessel_lens_state = state
     _guard_dispatch(app)
+    app.server.after_request(_MemoryReturner())
     return app
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Let glibc use at most ``count`` malloc arenas (``M_ARENA_MAX``) in this process.
+
+    The server answers each request on a new thread; by default glibc gives busy threads
+    arenas of their own (up to 8 per core), each keeping freed memory. The ``app`` command
+    calls this before serving; it returns False where glibc is not available.
+    """
+    library = _libc()
+    mallopt = getattr(library, "mallopt", None)
+    return bool(mallopt is not None and mallopt(-8, int(count)))  # -8: M_ARENA_MAX
+
+
+class _MemoryReturner:
+    """After requests, at most every ``interval`` seconds, ask glibc to hand freed heap memory
+    back to the operating system (``malloc_trim``). Without it a long session's resident
+    memory keeps every peak of figure building even though the caches are bounded."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.last = 0.0
+        self.lock = threading.Lock()
+        self.trim = getattr(_libc(), "malloc_trim", None)
+
+    def __call__(self, response):
+        if self.trim is not None:
+            now = time.monotonic()
+            with self.lock:
+                due = now - self.last >= self.interval
+                if due:
+                    self.last = now
+            if due:
+                self.trim(0)
+        return response
 
 
 class Server:

@@ -71,6 +71,7 @@ def app(
     import torch
 
     from vessel_lens.app import AppConfig, Server, create_app
+    from vessel_lens.app.server import limit_malloc_arenas
 
     config = AppConfig(
         checkpoints=list(checkpoint or []),
@@ -88,6 +89,7 @@ def app(
         cache_mb=cache_mb,
     )
     torch.set_num_threads(config.threads)
+    limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
     if not config.debug:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover
     if not config.is_local:
