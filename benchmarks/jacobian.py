@@ -89,6 +89,9 @@ def measure(args, width: int, device: torch.device) -> dict:
     synchronize(device)
     fast_time = time.perf_counter() - start
     flat = torch.arange(pixels)
+    if device.type == "cuda":  # CUDA context, cuDNN handles and kernel choice: not timed
+        engine.rows(flat[:chunk])
+        synchronize(device)
     rows = torch.empty((pixels, *image.shape), dtype=dtype, device=device)
     chunks = list(range(0, pixels, chunk))
     per_chunk = -(-len(sample) // len(chunks))
@@ -156,14 +159,31 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="allow TF32 on CUDA (faster, rounds to about 1e-3); default: full float32",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms first"
+    )
+    parser.add_argument(
+        "--no-cudnn", action="store_true", help="disable cuDNN (PyTorch's own convolutions)"
+    )
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    torch.backends.cudnn.enabled = not args.no_cudnn
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(
         f"torch {torch.__version__} on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, device {device}, dtype {args.dtype}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        f"{' (' + torch.cuda.get_device_name(device) + (', TF32' if args.tf32 else ', no TF32') + ')' if device.type == 'cuda' else ''}, dtype {args.dtype}, "
         f"load average before {load[0]:.2f}"
     )
     header = (

@@ -10,6 +10,7 @@ import pytest
 
 from vessel_lens.cli import main
 from vessel_lens.data import index_dataset
+from vessel_lens.interpret import load_receptive_field_maps
 from vessel_lens.models import list_models
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -140,11 +141,17 @@ def test_demo_writes_what_it_prints(capsys, tmp_path):
     text = capsys.readouterr().out
     listing = text.split("demo outputs in", 1)[1].splitlines()[1:]
     printed = dict(re.findall(r"^\s+(\S+)\s+(\S+)$", "\n".join(listing), re.MULTILINE))
-    assert {"data-preview", "checkpoint", "curves", "test-metrics"} <= set(printed)
+    expected = {"data-preview", "checkpoint", "curves", "test-metrics", "erf-figure", "erf-maps"}
+    assert expected <= set(printed)
     for path in map(Path, printed.values()):
         assert path.exists() and out in path.parents
     assert Path(printed["data-preview"]).read_bytes().startswith(PNG_MAGIC)
     assert "dice" in text  # the evaluation table
+    assert Path(printed["erf-figure"]).read_bytes().startswith(PNG_MAGIC)
+    maps = load_receptive_field_maps(printed["erf-maps"])
+    assert bool(maps.computed.all()) and (maps.height, maps.width) == (64, 64)
+    assert "receptive-field maps of 4096 pixels" in text
+    assert Path(printed["erf-figure"]).name in (out / "report" / "report.html").read_text()
 
 
 def test_demo_with_an_unusable_device_is_a_clear_error(capsys, tmp_path):

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vessel_lens.cli import build_app, main
+from vessel_lens.cli import main
 from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.interpret import jacobian
+from vessel_lens.interpret import jacobian, load_receptive_field_maps
 from vessel_lens.models import create_model, read_checkpoint, save_checkpoint
 
 pytestmark = [
@@ -172,15 +172,23 @@ def test_report_on_cuda(workspace, tmp_path):
     assert CUDA in html
 
 
-def test_erf_on_cuda_when_wired(workspace, tmp_path):
-    if "erf" not in [c.name for c in build_app().registered_commands]:
-        pytest.skip("vessel-lens erf is not wired into the command line yet")
-    run_cli(
-        *("erf", "--checkpoint", str(workspace / "tiny.pt"), "--data", str(workspace / "data")),
-        *("--split", "all", "--crop", "16", "--out", str(tmp_path / "erf")),
-        *("--device", CUDA, "--no-progress"),
-    )
-    assert any((tmp_path / "erf").iterdir())
+def test_erf_on_cuda_matches_cpu(workspace, tmp_path):
+    stem = sorted((workspace / "data" / "images").iterdir())[0].stem
+    maps = {}
+    for name, device in DEVICES:
+        run_cli(
+            *("erf", "--checkpoint", str(workspace / "tiny.pt"), "--data", str(workspace / "data")),
+            *("--split", "all", "--crop", "16", "--out", str(tmp_path / name), "--images", stem),
+            *("--mode", "pixel", "--device", device, "--no-progress", "--no-figures"),
+        )
+        maps[name] = load_receptive_field_maps(tmp_path / name / f"{stem}.erf.npz")
+    cpu, cuda = maps["cpu"], maps["cuda"]
+    assert torch.allclose(cuda.probability, cpu.probability, atol=1e-5)
+    torch.testing.assert_close(cuda.peak, cpu.peak, rtol=1e-4, atol=0)
+    # a count can differ only where an entry sits within rounding of the threshold
+    assert float((cuda.count != cpu.count).float().mean()) < 0.01
+    same_radius = torch.isclose(cuda.mass_radius, cpu.mass_radius, equal_nan=True)
+    assert float(same_radius.float().mean()) > 0.99
 
 
 def test_app_gradient_on_cuda_matches_cpu(workspace):

@@ -2,7 +2,8 @@
 
 Steps, each writing files a person can open: write a synthetic dataset and preview it; train a
 small reference model for about a minute; evaluate it on the test split; store the exact
-Jacobian of a 64x64 crop and draw the original notebook's panels from it; write the HTML report.
+Jacobian of a 64x64 crop and draw the original notebook's panels from it; reduce the stored rows
+to receptive-field maps (no recomputation); write the HTML report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.synthetic import write_synthetic_dataset
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret.erf_maps import summarise
+from vessel_lens.interpret.erf_run import ErfConfig, run_erf
+from vessel_lens.interpret.erf_store import load_receptive_field_maps
 from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
 from vessel_lens.interpret.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
@@ -89,6 +93,7 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
 
     sample = dataset.subset("test")[0]
     outputs.files.update(_jacobian_step(out, data, sample, device, progress))
+    outputs.files.update(_receptive_field_step(out, outputs.lines, progress))
     report = write_report(
         model,
         [crop_sample(s, 128) for s in dataset.subset("test")[:2]],
@@ -101,6 +106,7 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = Tru
             "crop": "128",
         },
         run_dir=out / "run",
+        erf_dir=out / "erf",
         device=device,
         overwrite=True,
         progress=progress,
@@ -144,3 +150,31 @@ def _jacobian_step(out: Path, data: Path, sample: Sample, device: str, progress:
         out / "jacobian" / f"{sample.stem}_pixel_{row}_{col}.png",
     )
     return {"jacobian-store": store, "jacobian-panels": figure}
+
+
+DEMO_FRACTIONS = (0.01, 0.05, 0.1, 0.25)
+"""Threshold fractions of the demo's receptive-field maps (of the crop's global maximum)."""
+
+
+def _receptive_field_step(out: Path, lines: list[str], progress: bool) -> dict:
+    """``vessel-lens erf --from-jacobian`` on the stored crop: maps of every pixel, a PNG and
+    ``summary.csv``, from the rows already computed."""
+    result = run_erf(
+        ErfConfig(
+            out=out / "erf",
+            from_jacobian=out / "jacobian",
+            fractions=DEMO_FRACTIONS,
+            mode="global",
+            device="cpu",
+            progress=progress,
+        )
+    )
+    path = result.files[0]
+    row = summarise(load_receptive_field_maps(path))
+    lines.append(
+        f"receptive-field maps of {row['pixels']} pixels: mean count above 1% of the global "
+        f"max {row['count_mean_1%']:.1f} inputs, mean 90% mass radius "
+        f"{row['mass_radius_90%_mean']:.1f} px"
+    )
+    figure = path.with_name(path.name.replace(".erf.npz", "_erf.png"))
+    return {"erf-maps": path, "erf-figure": figure, "erf-summary": result.summary}

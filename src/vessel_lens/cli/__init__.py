@@ -17,7 +17,7 @@ from vessel_lens.errors import VesselLensError
 
 def build_app() -> typer.Typer:
     from vessel_lens.cli import app as app_command
-    from vessel_lens.cli import data, demo, evaluate, jacobian, models, report, train
+    from vessel_lens.cli import data, demo, erf, evaluate, jacobian, models, report, train
 
     app = typer.Typer(
         name="vessel-lens",
@@ -32,6 +32,7 @@ def build_app() -> typer.Typer:
     train.register(app)
     evaluate.register(app)
     jacobian.register(app)
+    erf.register(app)
     report.register(app)
     app_command.register(app)
     demo.register(app)

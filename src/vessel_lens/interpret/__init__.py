@@ -2,12 +2,16 @@
 
 ``jacobian(model, image)`` gives d output[pixel] / d input for every output pixel;
 ``iter_jacobian`` streams it chunk by chunk; ``receptive_field`` bounds which input pixels
-can matter for each output pixel; ``load_jacobian`` reads what ``vessel-lens jacobian`` wrote; ``attribute`` runs Captum
+can matter for each output pixel; ``load_jacobian`` reads what ``vessel-lens jacobian`` wrote;
+``receptive_field_maps`` reduces every pixel's gradient to thresholded-gradient statistics; ``attribute`` runs Captum
 attribution methods on segmentation targets; ``randomisation_test`` and ``deletion_curves``
 check attributions; ``thresholds`` holds the thresholded-gradient definitions.
 """
 
 from vessel_lens.interpret.attribution import METHOD_OPTIONS, METHODS, attribute
+from vessel_lens.interpret.erf import receptive_field_maps, receptive_field_maps_from_jacobian
+from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps
+from vessel_lens.interpret.erf_store import load_receptive_field_maps, save_receptive_field_maps
 from vessel_lens.interpret.field import ReceptiveField, receptive_field
 from vessel_lens.interpret.fold import fold_batch_norm
 from vessel_lens.interpret.jacobian import (
@@ -45,6 +49,7 @@ __all__ = [
     "LazyRows",
     "PixelStats",
     "ReceptiveField",
+    "ReceptiveFieldMaps",
     "Target",
     "attribute",
     "deletion_curves",
@@ -54,12 +59,16 @@ __all__ = [
     "iter_jacobian",
     "jacobian",
     "load_jacobian",
+    "load_receptive_field_maps",
     "mask_target",
     "pixel_stats",
     "pixel_target",
     "predicted_vessels",
     "randomisation_test",
     "receptive_field",
+    "receptive_field_maps",
+    "receptive_field_maps_from_jacobian",
+    "save_receptive_field_maps",
     "segment_target",
     "threshold_value",
 ]

@@ -17,6 +17,8 @@ _SAME_BOX = {
     aten.relu.default,
     aten.native_batch_norm.default,
     aten._native_batch_norm_legit_no_training.default,
+    aten.cudnn_batch_norm.default,
+    aten.miopen_batch_norm.default,
     aten.add.Tensor,
     aten.sub.Tensor,
     aten.mul.Tensor,

@@ -37,7 +37,19 @@ class Prepared:
 
 
 IDENTITY = {aten.alias.default, aten.detach.default, aten.clone.default, aten.contiguous.default}
-BATCH_NORM = {aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+BATCH_NORM = {
+    aten.native_batch_norm.default,
+    aten._native_batch_norm_legit_no_training.default,
+    aten.cudnn_batch_norm.default,  # what eval-mode BatchNorm dispatches to on CUDA
+    aten.miopen_batch_norm.default,
+}
+TRAINING_FLAG = {
+    aten.native_batch_norm.default: 5,
+    aten.cudnn_batch_norm.default: 5,
+    aten.miopen_batch_norm.default: 5,
+}
+"""BatchNorm variants that share native_batch_norm's argument layout (input, weight, bias,
+running mean, running variance, ...); the position of their ``training`` flag if they have one."""
 POINTWISE = {
     aten.relu.default,
     aten.leaky_relu.default,
@@ -138,7 +150,7 @@ def _prepare_entry(prep: Prepared, i: int, entry: Entry, users: list[list[int]])
             raise Unsupported("only 2-D convolutions with constant weights are supported")
         prep.consts[i] = weight.detach().to(dtype)
     elif func in BATCH_NORM:
-        training = func is aten.native_batch_norm.default and bool(entry.args[5])
+        training = func in TRAINING_FLAG and bool(entry.args[TRAINING_FLAG[func]])
         if training or any(prep.is_active(a) for a in entry.args[1:5]):
             raise Unsupported("BatchNorm in training mode")
         _prepare_batch_norm(prep, i, entry, users)

@@ -1,0 +1,206 @@
+"""The images of one ``vessel-lens erf`` run, whether each still needs computing, and the run's
+``summary.csv`` and ``erf-run.json`` (see :mod:`.erf_run`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vessel_lens.errors import ConfigError, DataError
+from vessel_lens.interpret.erf_maps import summarise
+from vessel_lens.interpret.erf_store import erf_path, publish, read_erf_metadata
+from vessel_lens.interpret.extract import _hash, crop_box, weights_hash
+
+COMPARED = (
+    "source",
+    "model_config_hash",
+    "weights_hash",
+    "image_path",
+    "crop_box",
+    "output",
+    "target_class",
+    "pixels_hash",
+    "dtype",
+    "fractions",
+    "mode",
+    "channels",
+    "mass_fractions",
+)
+"""Settings that must match for a run to skip an image's existing map file."""
+
+
+@dataclass
+class Job:
+    """One image: its map file, provenance, and the crop and pixels (from a model) or the
+    Jacobian store (from stored rows)."""
+
+    stem: str
+    path: Path
+    attrs: dict[str, Any]
+    image: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+    store: Path | None = None
+
+
+def _settings(config) -> dict[str, Any]:
+    return {
+        "fractions": list(config.fractions),
+        "mode": config.mode,
+        "channels": config.channels,
+        "mass_fractions": list(config.mass_fractions),
+    }
+
+
+def model_jobs(config, checkpoint) -> list[Job]:
+    from vessel_lens.data.source import open_dataset
+
+    in_channels = int(checkpoint.model_kwargs.get("in_channels", 1))
+    dataset = open_dataset(config.data, keep_channels=in_channels > 1, require_labels=False)
+    samples = _chosen(dataset.subset(config.split), config, f"split {config.split!r}")
+    base = {
+        "source": "model",
+        "model_name": checkpoint.model_name,
+        "model_kwargs": checkpoint.model_kwargs,
+        "model_config_hash": _hash(
+            {"name": checkpoint.model_name, "kwargs": checkpoint.model_kwargs}
+        ),
+        "weights_hash": weights_hash(checkpoint.state_dict),
+        "checkpoint": str(checkpoint.path),
+        "output": config.output,
+        "target_class": config.target_class,
+        "dtype": "float32",
+        "dataset": dataset.name,
+        **_settings(config),
+    }
+    jobs = []
+    for sample in samples:
+        top, left, h, w = crop_box(*sample.size, config.crop, sample.stem)
+        rows = torch.arange(0, h, config.pixel_stride)
+        cols = torch.arange(0, w, config.pixel_stride)
+        pixels = (rows[:, None] * w + cols[None, :]).reshape(-1)
+        image_path = (
+            str(sample.image_path) if sample.image_path else f"{dataset.name}:{sample.stem}"
+        )
+        attrs = {
+            **base,
+            "stem": sample.stem,
+            "image_path": image_path,
+            "crop_box": [top, left, h, w],
+            "pixel_stride": config.pixel_stride,
+            "pixels_hash": _hash(pixels.tolist()),
+        }
+        image = sample.image[:, top : top + h, left : left + w].float()
+        jobs.append(Job(sample.stem, erf_path(config.out, sample.stem), attrs, image, pixels))
+    return jobs
+
+
+def _chosen(items: list, config, where: str) -> list:
+    if not config.images:
+        return items
+    known = {item.stem: item for item in items}
+    missing = [stem for stem in config.images if stem not in known]
+    if missing:
+        preview = ", ".join(sorted(known)[:5])
+        raise DataError(
+            f"--images {missing[0]}: not in {where} (it holds {len(known)} images, e.g. {preview})"
+        )
+    return [known[stem] for stem in dict.fromkeys(config.images)]
+
+
+@dataclass
+class _Store:
+    stem: str
+    path: Path
+    attrs: dict[str, Any]
+
+
+def store_jobs(config) -> list[Job]:
+    from vessel_lens.interpret.store import JacobianStore
+
+    stores = []
+    for path in sorted(config.from_jacobian.glob("*.zarr")):
+        store = JacobianStore.open(path, mode="r")
+        if not store.complete:
+            raise DataError(
+                f"{path}: incomplete Jacobian store; finish it with vessel-lens jacobian first"
+            )
+        stores.append(_Store(str(store.attrs.get("stem", path.stem)), path, store.attrs))
+    if not stores:
+        raise DataError(f"--from-jacobian {config.from_jacobian}: holds no *.zarr store")
+    jobs = []
+    for store in _chosen(stores, config, str(config.from_jacobian)):
+        attrs = {
+            key: value
+            for key, value in store.attrs.items()
+            if key not in ("format", "rows", "chunk_rows", "source_shape")
+        }
+        attrs.update(source="jacobian", jacobian_store=str(store.path), **_settings(config))
+        jobs.append(Job(store.stem, erf_path(config.out, store.stem), attrs, store=store.path))
+    return jobs
+
+
+def needs_work(config, job: Job) -> bool:
+    """Whether ``job`` must be computed; raises when an existing file may not be replaced."""
+    if not job.path.exists():
+        return True
+    try:
+        existing = read_erf_metadata(job.path)
+    except DataError:
+        if config.overwrite:
+            return True
+        raise DataError(
+            f"{job.path}: exists but is not a receptive-field file; remove it or pass --overwrite"
+        ) from None
+    wanted = json.loads(json.dumps(job.attrs))
+    different = [key for key in COMPARED if existing.get(key) != wanted.get(key)]
+    if different and not config.overwrite:
+        raise ConfigError(
+            f"{job.path}: holds maps computed with different {', '.join(different)}; "
+            "choose another --out or pass --overwrite"
+        )
+    return bool(different) or config.overwrite
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_run_config(config, device: torch.device, world_size: int) -> None:
+    payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    payload.update(resolved_device=str(device), world_size=world_size)
+    config.out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(config.out / "erf-run.json", json.dumps(payload, indent=2))
+
+
+def write_summary(files: list[Path], path: Path) -> Path:
+    """``summary.csv``: one row per map file (:func:`~.erf_maps.summarise`)."""
+    from vessel_lens.interpret.erf_store import load_receptive_field_maps
+
+    rows = [summarise(load_receptive_field_maps(file)) for file in files]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines: list[str] = []
+
+    class _Lines:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+    writer = csv.DictWriter(_Lines(), fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    _write_atomic(path, "".join(lines))
+    return path

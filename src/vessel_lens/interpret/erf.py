@@ -1,0 +1,336 @@
+"""Receptive-field maps: every output pixel's thresholded gradient reduced to a few numbers.
+
+:func:`receptive_field_maps` computes Jacobian rows chunk by chunk (one recorded forward pass,
+:class:`~vessel_lens.interpret.JacobianEngine`) and reduces each chunk at once
+(:mod:`._erf_accumulate`); the Jacobian is never held. Mode ``global``, whose maximum is
+known only at the end, keeps per row just the entries that can still pass the smallest
+fraction's threshold and finishes the counts exactly once the maximum is known; rows on a
+coarse grid are computed first so the running maximum is near its final value early (they are
+part of the result, not recomputed). :func:`receptive_field_maps_from_jacobian` does the same
+over stored or in-memory rows. Definitions: :mod:`.erf_maps` and the README (Receptive-field maps).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vessel_lens.errors import ConfigError
+from vessel_lens.interpret._erf_accumulate import Accumulator
+from vessel_lens.interpret._erf_colour import (
+    colour_groups,
+    combined_gradients,
+    mean_group_size,
+    periods,
+    split_rows,
+)
+from vessel_lens.interpret._inputs import flat_pixels
+from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps, build_maps
+from vessel_lens.interpret.field import receptive_field
+from vessel_lens.interpret.jacobian import JacobianEngine, _check_chunk
+from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude
+
+DEFAULT_FRACTIONS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5)
+MASS_FRACTIONS = (0.5, 0.9)
+CHANNEL_MODES = ("sum", "separate")
+COLOURING = ("auto", "always", "never")
+COARSE_STEP = 8
+"""Mode ``global`` first computes every COARSE_STEP-th pixel in each direction."""
+MIN_PIXELS_PER_PASS = 2.0
+"""``colouring="auto"`` colours when each backward pass would serve at least this many pixels
+on average (an image about twice the field's area) and the strategy is not ``linear``."""
+
+Progress = Callable[[int], None] | None
+
+
+def check_options(
+    fractions: Sequence[float],
+    mode: str,
+    channels: str,
+    mass_fractions: Sequence[float],
+    global_max: float | None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Validate the threshold options; return (fractions, mass_fractions) as float tuples."""
+    if isinstance(fractions, (int, float)):
+        fractions = (fractions,)
+    try:
+        fractions = tuple(float(f) for f in fractions)
+        mass_fractions = tuple(float(q) for q in mass_fractions)
+    except (TypeError, ValueError):
+        raise ConfigError("fractions and mass_fractions must be sequences of numbers") from None
+    if not fractions:
+        raise ConfigError("fractions: give at least one (0.01 means 1 %)")
+    if len(set(fractions)) != len(fractions):
+        raise ConfigError(f"fractions {list(fractions)}: each may appear only once")
+    for fraction in fractions:
+        check_fraction(fraction, mode)
+    if channels not in CHANNEL_MODES:
+        raise ConfigError(f"channels {channels!r}: choose one of {', '.join(CHANNEL_MODES)}")
+    if not mass_fractions or not all(0 < q <= 1 for q in mass_fractions):
+        raise ConfigError(f"mass fractions {list(mass_fractions)}: each must be in (0, 1]")
+    if global_max is not None:
+        if mode != "global":
+            raise ConfigError(f"global_max applies to mode 'global' only, not {mode!r}")
+        if not (math.isfinite(global_max) and global_max >= 0):
+            raise ConfigError(f"global_max {global_max}: must be a finite number >= 0")
+    return fractions, mass_fractions
+
+
+def coarse_first(flat: torch.Tensor, width: int, step: int = COARSE_STEP) -> torch.Tensor:
+    """``flat`` reordered: pixels on the grid of every ``step``-th row and column first."""
+    coarse = ((flat // width) % step == 0) & ((flat % width) % step == 0)
+    return torch.cat([flat[coarse], flat[~coarse]])
+
+
+def magnitudes(rows: torch.Tensor, channels: str) -> torch.Tensor:
+    """|rows| (n, C, h, w) summed over channels (n, 1, h, w), or per channel (n, C, h, w)."""
+    if channels == "sum":
+        return gradient_magnitude(rows.float().contiguous())[:, None]
+    return rows.float().abs()
+
+
+def _trimmed(magnitude: torch.Tensor):
+    """The smallest window holding every non-zero of the chunk, with its (top, left)."""
+    support = (magnitude > 0).flatten(0, 1).any(0)
+    rows = torch.nonzero(support.any(1)).flatten()
+    cols = torch.nonzero(support.any(0)).flatten()
+    if len(rows) == 0:
+        return magnitude[..., :1, :1], 0, 0
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return magnitude[..., top:bottom, left:right], top, left
+
+
+def _add_dense(accumulator: Accumulator, flat: torch.Tensor, rows: torch.Tensor, channels: str):
+    magnitude, top, left = _trimmed(magnitudes(rows, channels))
+    n = len(flat)
+    accumulator.add(
+        flat, magnitude, torch.full((n,), top, dtype=torch.long), torch.full((n,), left)
+    )
+
+
+def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor):
+    if colouring == "never" or (colouring == "auto" and engine.strategy == "linear"):
+        return None
+    field = receptive_field(
+        model,
+        (engine.height, engine.width),
+        in_channels=int(engine.source_shape[0]),
+        device=engine.device,
+    )
+    if not field.tight:
+        if colouring == "always":
+            raise ConfigError(
+                "colouring needs the model's structural receptive field, but an operation "
+                "without a rule makes it the whole image"
+            )
+        return None
+    if colouring == "auto" and mean_group_size(flat, engine.width, periods(field)) < (
+        MIN_PIXELS_PER_PASS
+    ):
+        return None
+    return field
+
+
+def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
+    groups = colour_groups(flat, width, periods(field))
+    if not coarse:
+        return groups
+    first = torch.stack([g[0] for g in groups])
+    period = periods(field)
+    colour_row, colour_col = (first // width) % period[0], (first % width) % period[1]
+    on_grid = (colour_row % COARSE_STEP == 0) & (colour_col % COARSE_STEP == 0)
+    order = torch.cat([torch.nonzero(on_grid).flatten(), torch.nonzero(~on_grid).flatten()])
+    return [groups[i] for i in order.tolist()]
+
+
+def receptive_field_maps(
+    model: nn.Module,
+    image: torch.Tensor,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    mode: str = "global",
+    *,
+    pixels: object = None,
+    chunk_size: int | None = None,
+    channels: str = "sum",
+    device: torch.device | str | None = None,
+    target_class: int = 1,
+    output: str = "probability",
+    strategy: str = "auto",
+    colouring: str = "auto",
+    global_max: float | None = None,
+    mass_fractions: Sequence[float] = MASS_FRACTIONS,
+    progress: Progress = None,
+) -> ReceptiveFieldMaps:
+    """Receptive-field maps of ``image`` (C, H, W) under ``model`` (see :mod:`.erf_maps`).
+
+    Args:
+        fractions: threshold fractions (0.01 means 1 %; for ``absolute``, the thresholds).
+        mode: ``global``, ``pixel`` or ``absolute`` (:mod:`.thresholds`).
+        pixels: output pixels to compute (None: all; flat indices or (row, col) pairs).
+            ``global`` then uses the maximum over these pixels' rows unless ``global_max``.
+        chunk_size: rows (or, when colouring, backward passes) per batch.
+        channels: ``sum`` (magnitude summed over input channels) or ``separate``.
+        target_class, output, strategy, device: as for :func:`~vessel_lens.interpret.jacobian`.
+        colouring: ``auto``, ``always`` or ``never`` (:mod:`._erf_colour`); ``auto`` colours
+            when the strategy is not ``linear`` and a pass serves >= 2 pixels on average.
+        global_max: the maximum for mode ``global``, when known (e.g. from a full run).
+        mass_fractions: the q of the mass radii.
+        progress: called with the number of pixels finished after each batch.
+    """
+    fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
+    if colouring not in COLOURING:
+        raise ConfigError(f"colouring {colouring!r}: choose one of {', '.join(COLOURING)}")
+    _check_chunk(chunk_size)
+    started = time.perf_counter()
+    engine = JacobianEngine(
+        model, image, target_class=target_class, output=output, device=device, strategy=strategy
+    )
+    if tuple(engine.source_shape[1:]) != (engine.height, engine.width):
+        raise ConfigError("receptive-field maps need an output the size of the input")
+    flat = torch.unique(flat_pixels(pixels, engine.height, engine.width))
+    channels_out = 1 if channels == "sum" else int(engine.source_shape[0])
+    accumulator = Accumulator(
+        engine.height, engine.width, channels_out, fractions, mode, mass_fractions, global_max
+    )
+    coarse = accumulator.pending
+    field = _plan_colouring(colouring, engine, model, flat)
+    chunk = chunk_size or engine.default_chunk()
+    passes = 0
+    if field is None:
+        order = coarse_first(flat, engine.width) if coarse else flat
+        for part, rows in engine.chunks(order, chunk):
+            _add_dense(accumulator, part, rows, channels)
+            passes += len(part)
+            if progress is not None:
+                progress(len(part))
+    else:
+        groups = _coloured_groups(flat, engine.width, field, coarse)
+        for start in range(0, len(groups), chunk):
+            batch = groups[start : start + chunk]
+            part, rows, top, left = split_rows(combined_gradients(engine, batch), batch, field)
+            accumulator.add(part, magnitudes(rows, channels), top, left)
+            passes += len(batch)
+            if progress is not None:
+                progress(len(part))
+    reduced = accumulator.finish()
+    strategy_used = engine.strategy
+    probability = engine.probability.cpu()
+    del engine
+    gc.collect()  # the engine's recorded forward pass sits in a reference cycle
+    metadata = {
+        "strategy": strategy_used,
+        "colouring": field is not None,
+        "colour_period": list(periods(field)) if field is not None else None,
+        "backward_passes": passes,
+        "rows": len(flat),
+        "output": output,
+        "target_class": target_class,
+        "kept_entries_peak": reduced.kept_peak,
+        "seconds": time.perf_counter() - started,
+    }
+    return build_maps(
+        reduced,
+        fractions=fractions,
+        mode=mode,
+        channels=channels,
+        mass_fractions=mass_fractions,
+        channels_out=channels_out,
+        probability=probability,
+        metadata=metadata,
+    )
+
+
+def _resolve_rows(source, pixels, probability):
+    """(rows, flat pixels or None, probability or None, metadata) from what the caller gave."""
+    from vessel_lens.interpret.store import LazyRows, load_jacobian
+
+    metadata: dict = {}
+    if isinstance(source, (str, Path)):
+        metadata["jacobian_store"] = str(source)
+        source = load_jacobian(source, lazy=True)
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], dict):
+        rows, meta = source
+        if pixels is None:
+            pixels = meta.get("pixels")
+        if probability is None:
+            probability = meta.get("probability")
+        skip = ("pixels", "probability", "image")
+        metadata.update({k: v for k, v in meta.items() if k not in skip})
+    else:
+        rows = source
+    if not isinstance(rows, (torch.Tensor, LazyRows)) or len(rows.shape) != 4:
+        raise ConfigError(
+            "J_or_store must be a (N, C, H, W) tensor, a Jacobian store path, or what "
+            "load_jacobian returned"
+        )
+    return rows, pixels, probability, metadata
+
+
+def receptive_field_maps_from_jacobian(
+    source: object,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    mode: str = "global",
+    *,
+    pixels: object = None,
+    probability: torch.Tensor | None = None,
+    channels: str = "sum",
+    global_max: float | None = None,
+    mass_fractions: Sequence[float] = MASS_FRACTIONS,
+    chunk_size: int | None = None,
+    progress: Progress = None,
+) -> ReceptiveFieldMaps:
+    """Receptive-field maps from rows already computed: no model, no recomputation.
+
+    ``source``: a (N, C, H, W) tensor (row n is output pixel ``pixels[n]``; default all,
+    row-major), a :class:`~vessel_lens.interpret.LazyRows`, the ``(rows, metadata)`` pair of
+    :func:`~vessel_lens.interpret.load_jacobian`, or the path of a store written by
+    ``vessel-lens jacobian`` (its pixels, probability and provenance are used). Rows are read
+    ``chunk_size`` (default 256) at a time. Other arguments as for :func:`receptive_field_maps`.
+    """
+    fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"chunk_size {chunk_size!r}: must be a positive integer")
+    started = time.perf_counter()
+    rows, pixels, probability, metadata = _resolve_rows(source, pixels, probability)
+    n, in_channels, height, width = (int(s) for s in rows.shape)
+    if probability is not None and tuple(probability.shape[-2:]) != (height, width):
+        raise ConfigError(
+            f"probability {tuple(probability.shape)} does not match the rows' {height}x{width}"
+        )
+    flat = flat_pixels(pixels, height, width)
+    if len(flat) != n:
+        raise ConfigError(f"{n} rows but {len(flat)} pixels: give one pixel per row")
+    if len(torch.unique(flat)) != len(flat):
+        raise ConfigError("pixels repeat: each output pixel may have only one row")
+    channels_out = 1 if channels == "sum" else in_channels
+    accumulator = Accumulator(
+        height, width, channels_out, fractions, mode, mass_fractions, global_max
+    )
+    step = chunk_size or 256
+    for start in range(0, n, step):
+        block = rows[start : start + step]
+        _add_dense(accumulator, flat[start : start + step], block, channels)
+        if progress is not None:
+            progress(len(block))
+    reduced = accumulator.finish()
+    if probability is None:
+        probability = torch.full((height, width), float("nan"))
+    metadata.update(
+        rows=n, kept_entries_peak=reduced.kept_peak, seconds=time.perf_counter() - started
+    )
+    return build_maps(
+        reduced,
+        fractions=fractions,
+        mode=mode,
+        channels=channels,
+        mass_fractions=mass_fractions,
+        channels_out=channels_out,
+        probability=probability,
+        metadata=metadata,
+    )

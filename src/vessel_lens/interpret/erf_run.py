@@ -1,0 +1,236 @@
+"""Receptive-field maps of a dataset's images (``vessel-lens erf``).
+
+Per image, ``<stem>.erf.npz`` (:mod:`.erf_store`) and ``<stem>_erf.png``; per run,
+``summary.csv`` (one row per image of the run) and ``erf-run.json`` (the resolved settings).
+The maps come from the model, or from stores written by ``vessel-lens jacobian``
+(``from_jacobian``; nothing is recomputed). A map file appears, by rename, only once complete,
+so a run resumes by skipping the images whose file exists with the same settings; a file made
+with other settings is refused unless ``overwrite`` (which also recomputes finished images).
+Under ``torchrun`` the images are shared among the processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vessel_lens.errors import ConfigError, VesselLensError
+from vessel_lens.interpret._erf_jobs import (
+    Job,
+    model_jobs,
+    needs_work,
+    store_jobs,
+    write_run_config,
+    write_summary,
+)
+from vessel_lens.interpret.erf import (
+    COLOURING,
+    DEFAULT_FRACTIONS,
+    MASS_FRACTIONS,
+    check_options,
+    receptive_field_maps,
+    receptive_field_maps_from_jacobian,
+)
+from vessel_lens.interpret.extract import _agree
+from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES
+
+
+@dataclass
+class ErfConfig:
+    """Settings of one ``vessel-lens erf`` run (field docs double as ``--help``)."""
+
+    out: Path
+    """Folder for the maps (<stem>.erf.npz, <stem>_erf.png, summary.csv, erf-run.json)."""
+    checkpoint: str | None = None
+    """Checkpoint file, run folder or shipped checkpoint name."""
+    from_jacobian: Path | None = None
+    """Folder of stores written by vessel-lens jacobian, used instead of a model."""
+    data: str | None = None
+    """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
+    split: str = "test"
+    """Split whose images to use (train, val, test or all)."""
+    crop: int = 64
+    """Side of the centred square crop of each image; 0 for whole images."""
+    images: list[str] = field(default_factory=list)
+    """Only these image stems (default: every image of the split, or every store)."""
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    """Threshold fractions (0.01 means 1 %); for mode absolute, the thresholds themselves."""
+    mode: str = "global"
+    """Threshold mode: global, pixel or absolute."""
+    channels: str = "sum"
+    """Input channels: sum (one magnitude) or separate (maps per channel)."""
+    mass_fractions: tuple[float, ...] = MASS_FRACTIONS
+    """Fractions of the gradient mass whose radius is measured."""
+    pixel_stride: int = 1
+    """Every S-th output pixel in each direction."""
+    output: str = "probability"
+    """Differentiated output: probability, logit or margin."""
+    target_class: int = 1
+    """Class whose output is differentiated."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    strategy: str = "auto"
+    """Jacobian strategy: auto, linear, vmap or loop."""
+    colouring: str = "auto"
+    """Share backward passes between pixels with disjoint fields: auto, always or never."""
+    chunk_rows: int | None = None
+    """Rows (or coloured passes) per batch (default: sized to memory)."""
+    figures: bool = True
+    """Write a PNG of each image's maps."""
+    overwrite: bool = False
+    """Replace map files made with other settings, and recompute finished images."""
+    progress: bool = True
+    """Show a progress bar (pixels/s, ETA)."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if (self.checkpoint is None) == (self.from_jacobian is None):
+            raise ConfigError("give either --checkpoint or --from-jacobian (exactly one)")
+        if self.from_jacobian is not None:
+            self.from_jacobian = Path(self.from_jacobian)
+            if not self.from_jacobian.is_dir():
+                raise ConfigError(f"--from-jacobian {self.from_jacobian}: not a folder")
+        self.fractions, self.mass_fractions = check_options(
+            self.fractions, self.mode, self.channels, self.mass_fractions, None
+        )
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+            )
+        if self.colouring not in COLOURING:
+            raise ConfigError(
+                f"--colouring {self.colouring!r}: choose one of {', '.join(COLOURING)}"
+            )
+        if self.crop < 0:
+            raise ConfigError(f"--crop {self.crop}: must be positive (or use --full)")
+        if self.pixel_stride < 1:
+            raise ConfigError(f"--pixel-stride {self.pixel_stride}: must be at least 1")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows {self.chunk_rows}: must be at least 1")
+
+
+@dataclass
+class ErfResult:
+    """What a run did: map files of the run, images computed here and images found done."""
+
+    files: list[Path] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    pixels: int = 0
+    seconds: float = 0.0
+    summary: Path | None = None
+    is_main: bool = True
+
+
+def _compute(config: ErfConfig, job: Job, model, device, bar):
+    options = dict(
+        fractions=config.fractions,
+        mode=config.mode,
+        channels=config.channels,
+        mass_fractions=config.mass_fractions,
+        chunk_size=config.chunk_rows,
+        progress=bar.update,
+    )
+    if job.store is not None:
+        maps = receptive_field_maps_from_jacobian(job.store, **options)
+    else:
+        maps = receptive_field_maps(
+            model,
+            job.image,
+            pixels=job.pixels,
+            device=device,
+            target_class=config.target_class,
+            output=config.output,
+            strategy=config.strategy,
+            colouring=config.colouring,
+            **options,
+        )
+    maps.metadata.update(job.attrs)
+    return maps
+
+
+def run_erf(config: ErfConfig) -> ErfResult:
+    """Run ``vessel-lens erf`` as described by ``config`` (see the module docs)."""
+    from tqdm import tqdm
+
+    from vessel_lens.devices import resolve_device
+    from vessel_lens.distributed import init_distributed
+    from vessel_lens.interpret.erf_figures import erf_figure
+    from vessel_lens.interpret.erf_store import save_receptive_field_maps
+    from vessel_lens.interpret.store import JacobianStore
+
+    ctx = init_distributed(resolve_device(config.device))
+    model = None
+    if config.checkpoint is not None:
+        from vessel_lens.models import load_model
+
+        model, checkpoint = load_model(config.checkpoint, ctx.device)
+        jobs = model_jobs(config, checkpoint)
+    else:
+        jobs = store_jobs(config)
+    result = ErfResult(files=[job.path for job in jobs], is_main=ctx.is_main)
+    error = None
+    if ctx.is_main:
+        try:
+            write_run_config(config, ctx.device, ctx.world_size)
+            for job in jobs:
+                needs_work(config, job)
+        except VesselLensError as exc:
+            error = exc
+    _agree(ctx, error)
+    pending = [job for job in jobs if needs_work(config, job)]
+    result.skipped = len(jobs) - len(pending)
+    ctx.barrier()  # every rank has decided what is pending before any rank writes a file
+    mine = ctx.shard(pending)
+    total = 0
+    for job in mine:
+        total += len(job.pixels) if job.pixels is not None else JacobianStore.open(job.store).rows
+    bar = tqdm(total=total, unit="px", disable=not (config.progress and ctx.is_main), smoothing=0.1)
+    start = time.perf_counter()
+    for job in mine:
+        bar.set_description(job.stem)
+        maps = _compute(config, job, model, ctx.device, bar)
+        if config.figures:
+            image = job.image
+            if image is None:
+                group = JacobianStore.open(job.store, mode="r").group
+                image = torch.from_numpy(np.asarray(group["image"][...]))
+            erf_figure(maps, image, config.out / f"{job.stem}_erf.png", _title(maps))
+        save_receptive_field_maps(maps, job.path)
+        result.computed += 1
+        result.pixels += int(maps.computed.sum())
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    ctx.barrier()  # every image is written before rank 0 summarises
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        counts = torch.tensor([result.computed, result.pixels], dtype=torch.long)
+        dist.all_reduce(counts)
+        result.computed, result.pixels = (int(v) for v in counts)
+    if ctx.is_main and jobs:
+        result.summary = write_summary(result.files, config.out / "summary.csv")
+    return result
+
+
+def _title(maps) -> str:
+    meta = maps.metadata
+    top, left, height, width = meta.get("crop_box", [0, 0, maps.height, maps.width])
+    return (
+        f"{meta.get('stem', '')}: rows {top}-{top + height - 1}, cols {left}-{left + width - 1}"
+        f"; mode {maps.mode}, max |g| {maps.global_max:.3g}"
+    )
+
+
+def describe(result: ErfResult, out: Path) -> str:
+    return (
+        f"{len(result.files)} image(s) in {out}: computed {result.computed} "
+        f"({result.pixels} pixels) in {result.seconds:.1f} s; {result.skipped} were already done"
+        + (f"; summary in {result.summary}" if result.summary else "")
+    )

@@ -1,0 +1,280 @@
+"""``vessel-lens erf-stats``: receptive-field size against what the pixel is.
+
+For every computed pixel of every map file in a folder: the predicted class (probability >
+0.5), the label, the outcome (TP/FP/FN/TN), the Euclidean distance to the nearest vessel
+centreline (skeleton pixel) and the local vessel width there, ``2 d - 1`` with d the distance
+from that centreline pixel to the nearest background pixel (exact for straight vessels of odd
+width: the centre of a 5-pixel band is 3 pixels from the background). Distances are computed
+on the whole image and then cropped, so crops do not shorten them. Skeletons come from the
+dataset, or are computed from the label (scikit-image) when it has none.
+
+Tables (CSV, in ``out``): ``stats_by_class`` (by predicted class, label and outcome),
+``stats_by_distance`` and ``stats_by_width`` (binned, by predicted class),
+``stats_per_image`` and ``stats_answer`` (predicted background against vessel: does the
+network look further away for background pixels?). Plots: :mod:`.erf_stats_plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vessel_lens.errors import ConfigError, DataError
+from vessel_lens.interpret.erf_store import find_receptive_field_maps, load_receptive_field_maps
+
+OUTCOMES = ("TN", "TP", "FN", "FP")
+"""Outcome codes: predicted + 2 * (predicted != label)."""
+DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+WIDTH_BINS = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
+MARKER = "stats_answer.csv"
+
+
+@dataclass
+class StatsConfig:
+    """Settings of one ``vessel-lens erf-stats`` run."""
+
+    erf_dir: Path
+    data: str | None = None
+    split: str = "all"
+    out: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.erf_dir = Path(self.erf_dir)
+        if not self.erf_dir.is_dir():
+            raise ConfigError(f"{self.erf_dir}: not a folder")
+        self.out = Path(self.out) if self.out is not None else self.erf_dir / "stats"
+
+
+@dataclass
+class StatsResult:
+    tables: dict[str, Path] = field(default_factory=dict)
+    plots: dict[str, Path] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:g}%"
+
+
+def centreline_geometry(label: np.ndarray, skeleton: np.ndarray | None):
+    """Per pixel of the whole image: distance to the nearest centreline pixel and the local
+    vessel width there (NaN where the image has no centreline)."""
+    from scipy import ndimage
+
+    label = np.asarray(label, dtype=bool)
+    if skeleton is None:
+        from skimage.morphology import skeletonize
+
+        skeleton = skeletonize(label)
+    skeleton = np.asarray(skeleton, dtype=bool)
+    if not skeleton.any():
+        nan = np.full(label.shape, np.nan)
+        return nan, nan.copy()
+    distance, (iy, ix) = ndimage.distance_transform_edt(~skeleton, return_indices=True)
+    to_background = ndimage.distance_transform_edt(label)
+    width = 2 * to_background[iy, ix] - 1
+    return distance, np.where(width > 0, width, np.nan)
+
+
+def pixel_table(maps, sample) -> dict[str, np.ndarray]:
+    """One row per computed pixel of ``maps`` with its class, geometry and field sizes."""
+    if sample.label is None:
+        raise DataError(f"image {sample.stem}: has no label; erf-stats needs labels")
+    whole = [0, 0, maps.height, maps.width]
+    top, left, height, width = (int(v) for v in maps.metadata.get("crop_box", whole))
+    full_h, full_w = sample.size
+    if (
+        (height, width) != (maps.height, maps.width)
+        or top + height > full_h
+        or left + width > full_w
+    ):
+        raise DataError(
+            f"image {sample.stem}: is {full_h}x{full_w}, which does not hold the maps' crop "
+            f"{height}x{width} at ({top}, {left}); was it computed on another dataset?"
+        )
+    label = sample.label.numpy().astype(bool)
+    skeleton = sample.skeleton.numpy() if sample.skeleton is not None else None
+    distance, vessel_width = centreline_geometry(label, skeleton)
+    window = (slice(top, top + height), slice(left, left + width))
+    computed = maps.computed.numpy()
+
+    def pick(values) -> np.ndarray:
+        values = values.numpy() if hasattr(values, "numpy") else values
+        if maps.channels == "separate":
+            values = values[0]
+        return values[computed]
+
+    predicted = (maps.probability.numpy() > 0.5)[computed]
+    truth = label[window][computed]
+    table = {
+        "predicted": predicted.astype(np.int8),
+        "label": truth.astype(np.int8),
+        "outcome": (predicted.astype(np.int8) + 2 * (predicted != truth)).astype(np.int8),
+        "distance": distance[window][computed],
+        "width": vessel_width[window][computed],
+    }
+    for index, fraction in enumerate(maps.fractions):
+        table[f"count_{_percent(fraction)}"] = pick(maps.count[index]).astype(np.float64)
+    for index, q in enumerate(maps.mass_fractions):
+        table[f"mass_radius_{_percent(q)}"] = pick(maps.mass_radius[index]).astype(np.float64)
+    offsets = maps.centroid_offset.numpy()
+    offsets = offsets[0] if maps.channels == "separate" else offsets
+    table["centroid_distance"] = np.linalg.norm(offsets[computed], axis=-1).astype(np.float64)
+    return table
+
+
+def metric_names(table: dict[str, np.ndarray]) -> list[str]:
+    return [k for k in table if k.startswith(("count_", "mass_radius_", "centroid_"))]
+
+
+def _describe(table, mask, metrics) -> dict[str, float]:
+    row: dict[str, float] = {"pixels": int(mask.sum())}
+    for name in metrics:
+        values = table[name][mask]
+        values = values[np.isfinite(values)]
+        row[f"{name}_mean"] = float(values.mean()) if len(values) else float("nan")
+        row[f"{name}_median"] = float(np.median(values)) if len(values) else float("nan")
+    return row
+
+
+def _binned(values: np.ndarray, edges: tuple[float, ...]) -> tuple[np.ndarray, list[str]]:
+    """Bin index per value (-1 for NaN) and bin names: ``<= e0``, ``(e0, e1]``, ..., ``> en``."""
+    index = np.searchsorted(np.asarray(edges), values, side="left")
+    index = np.where(np.isfinite(values), index, -1)
+    names = [f"<= {edges[0]:g}"]
+    names += [f"({a:g}, {b:g}]" for a, b in itertools.pairwise(edges)]
+    return index, [*names, f"> {edges[-1]:g}"]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return path
+
+
+def tabulate(table: dict[str, np.ndarray], stems: np.ndarray) -> dict[str, list[dict]]:
+    """The statistics tables of a pooled pixel table (see the module docs)."""
+    metrics = metric_names(table)
+    classes = (("background", table["predicted"] == 0), ("vessel", table["predicted"] == 1))
+    by_class = []
+    for name, mask in classes:
+        by_class.append({"grouping": "predicted", "group": name, **_describe(table, mask, metrics)})
+    for value, name in ((0, "background"), (1, "vessel")):
+        mask = table["label"] == value
+        by_class.append({"grouping": "label", "group": name, **_describe(table, mask, metrics)})
+    for value, name in enumerate(OUTCOMES):
+        mask = table["outcome"] == value
+        by_class.append({"grouping": "outcome", "group": name, **_describe(table, mask, metrics)})
+    tables = {"by_class": by_class}
+    for key, column, edges in (
+        ("by_distance", "distance", DISTANCE_BINS),
+        ("by_width", "width", WIDTH_BINS),
+    ):
+        index, names = _binned(table[column], edges)
+        rows = []
+        for b, bin_name in enumerate(names):
+            for name, mask in classes:
+                row = _describe(table, mask & (index == b), metrics)
+                rows.append({column: bin_name, "predicted": name, **row})
+        tables[key] = rows
+    per_image = []
+    for stem in dict.fromkeys(stems.tolist()):
+        for name, mask in classes:
+            row = _describe(table, mask & (stems == stem), metrics)
+            per_image.append({"stem": stem, "predicted": name, **row})
+    tables["per_image"] = per_image
+    tables["answer"] = _answer(table, stems, metrics)
+    return tables
+
+
+def _answer(table, stems, metrics) -> list[dict]:
+    rows = []
+    background, vessel = table["predicted"] == 0, table["predicted"] == 1
+    unique = list(dict.fromkeys(stems.tolist()))
+    for name in metrics:
+        values = table[name]
+        b = _describe(table, background, [name])
+        v = _describe(table, vessel, [name])
+        further = 0
+        for stem in unique:
+            mine = stems == stem
+            bs, vs = values[mine & background], values[mine & vessel]
+            bs, vs = bs[np.isfinite(bs)], vs[np.isfinite(vs)]
+            further += int(len(bs) > 0 and len(vs) > 0 and bs.mean() > vs.mean())
+        mean_b, mean_v = b[f"{name}_mean"], v[f"{name}_mean"]
+        rows.append(
+            {
+                "metric": name,
+                "background_mean": mean_b,
+                "vessel_mean": mean_v,
+                "ratio_background_to_vessel": mean_b / mean_v if mean_v else float("nan"),
+                "background_median": b[f"{name}_median"],
+                "vessel_median": v[f"{name}_median"],
+                "images_background_larger": further,
+                "images": len(unique),
+                "background_pixels": b["pixels"],
+                "vessel_pixels": v["pixels"],
+            }
+        )
+    return rows
+
+
+def erf_stats(config: StatsConfig) -> StatsResult:
+    """Run ``vessel-lens erf-stats`` (see the module docs)."""
+    from vessel_lens.cli._common import fresh_output_dir
+    from vessel_lens.data.source import open_dataset
+    from vessel_lens.interpret.erf_stats_plots import plot_stats
+
+    files = find_receptive_field_maps(config.erf_dir)
+    if not files:
+        raise DataError(f"{config.erf_dir}: holds no *.erf.npz file (run vessel-lens erf first)")
+    dataset = open_dataset(config.data, require_labels=True)
+    allowed = {s.stem for s in dataset.subset(config.split)}
+    parts, stems, skipped = [], [], []
+    for path in files:
+        maps = load_receptive_field_maps(path)
+        stem = str(maps.metadata.get("stem", path.name[: -len(".erf.npz")]))
+        if stem not in dataset.samples:
+            raise DataError(f"{path}: image {stem!r} is not in {dataset.name}")
+        if stem not in allowed:
+            skipped.append(stem)
+            continue
+        part = pixel_table(maps, dataset.samples[stem])
+        parts.append(part)
+        stems.append(np.full(len(part["predicted"]), stem, dtype=object))
+    if not parts:
+        raise DataError(f"{config.erf_dir}: no map file belongs to split {config.split!r}")
+    table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    stem_column = np.concatenate(stems)
+    out = fresh_output_dir(config.out, config.overwrite, MARKER)
+    result = StatsResult(pixels=table)
+    tables = tabulate(table, stem_column)
+    for key, rows in tables.items():
+        result.tables[key] = _write_csv(out / f"stats_{key}.csv", rows)
+    result.plots = plot_stats(table, tables, out)
+    result.lines = _summary_lines(tables["answer"], len(parts), len(table["predicted"]), out)
+    if skipped:
+        result.lines.append(f"skipped {len(skipped)} map file(s) outside split {config.split!r}")
+    return result
+
+
+def _summary_lines(answer: list[dict], images: int, pixels: int, out: Path) -> list[str]:
+    lines = [f"{images} image(s), {pixels} pixels; tables and plots in {out}"]
+    lines.append("predicted background vs vessel (mean; images where background is larger):")
+    for row in answer:
+        lines.append(
+            f"  {row['metric']:<24} {row['background_mean']:10.3g} vs {row['vessel_mean']:10.3g}"
+            f"  ({row['ratio_background_to_vessel']:.2f}x; {row['images_background_larger']}"
+            f"/{row['images']})"
+        )
+    return lines
