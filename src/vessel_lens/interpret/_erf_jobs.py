@@ -16,7 +16,7 @@ import torch
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret.erf_maps import summarise
 from vessel_lens.interpret.erf_store import erf_path, publish, read_erf_metadata
-from vessel_lens.interpret.extract import _hash, crop_box, weights_hash
+from vessel_lens.interpret.extract import _hash, crop_box, provenance
 
 COMPARED = (
     "source",
@@ -66,16 +66,7 @@ def model_jobs(config, checkpoint) -> list[Job]:
     samples = _chosen(dataset.subset(config.split), config, f"split {config.split!r}")
     base = {
         "source": "model",
-        "model_name": checkpoint.model_name,
-        "model_kwargs": checkpoint.model_kwargs,
-        "model_config_hash": _hash(
-            {"name": checkpoint.model_name, "kwargs": checkpoint.model_kwargs}
-        ),
-        "weights_hash": weights_hash(checkpoint.state_dict),
-        "checkpoint": str(checkpoint.path),
-        "output": config.output,
-        "target_class": config.target_class,
-        "dtype": "float32",
+        **provenance(checkpoint, config.output, config.target_class, "float32"),
         "dataset": dataset.name,
         **_settings(config),
     }

@@ -110,6 +110,22 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def provenance(checkpoint, output: str, target_class: int, dtype: str) -> dict[str, Any]:
+    """What identifies the numbers computed from ``checkpoint``: model, weights, output."""
+    return {
+        "model_name": checkpoint.model_name,
+        "model_kwargs": checkpoint.model_kwargs,
+        "model_config_hash": _hash(
+            {"name": checkpoint.model_name, "kwargs": checkpoint.model_kwargs}
+        ),
+        "weights_hash": weights_hash(checkpoint.state_dict),
+        "checkpoint": str(checkpoint.path),
+        "output": output,
+        "target_class": target_class,
+        "dtype": dtype,
+    }
+
+
 def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state_dict):
@@ -170,18 +186,7 @@ def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Jo
                 f"(it holds {len(known)} images, e.g. {preview})"
             )
         samples = [known[stem] for stem in dict.fromkeys(config.images)]
-    base = {
-        "model_name": checkpoint.model_name,
-        "model_kwargs": checkpoint.model_kwargs,
-        "model_config_hash": _hash(
-            {"name": checkpoint.model_name, "kwargs": checkpoint.model_kwargs}
-        ),
-        "weights_hash": weights_hash(checkpoint.state_dict),
-        "checkpoint": str(checkpoint.path),
-        "output": config.output,
-        "target_class": config.target_class,
-        "dtype": config.dtype,
-    }
+    base = provenance(checkpoint, config.output, config.target_class, config.dtype)
     jobs = []
     for sample in samples:
         height, width = sample.size
