@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -162,3 +163,30 @@ def test_shipped_checkpoint_beats_the_authors_unet_on_their_test_split(vessmap_r
     mean = metrics["mean_over_images"]
     assert mean["dice"] >= 0.91
     assert mean["auc"] > 0.986 and mean["accuracy"] > 0.949 and mean["mcc"] > 0.866
+
+
+@pytest.mark.vessmap
+def test_receptive_field_maps_and_statistics_on_real_images(vessmap_root, tmp_path):
+    """The documented erf / erf-stats commands on two test images' centred 32x32 crops with
+    the shipped model: every pixel is computed, the statistics cover both classes."""
+    stems = own_split(vessmap_root, "test")[:2]
+    out = tmp_path / "erf"
+    args = ["erf", "--checkpoint", "vessmap-w16", "--data", str(vessmap_root), "--split", "test",
+            "--crop", "32", "--images", ",".join(stems), "--fractions", "0.01,0.1",
+            "--out", str(out), "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    from vessel_lens.interpret import load_receptive_field_maps
+
+    for stem in stems:
+        maps = load_receptive_field_maps(out / f"{stem}.erf.npz")
+        assert bool(maps.computed.all()) and maps.metadata["crop_box"] == [112, 112, 32, 32]
+        assert bool((maps.count[0] >= maps.count[1]).all())  # a lower threshold keeps more
+        assert (out / f"{stem}_erf.png").stat().st_size > 10_000
+    assert main(["erf-stats", str(out), "--data", str(vessmap_root), "--split", "test"]) == 0
+    with open(out / "stats" / "stats_by_class.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for grouping in ("predicted", "label", "outcome"):
+        groups = {r["group"]: int(r["pixels"]) for r in rows if r["grouping"] == grouping}
+        assert sum(groups.values()) == 2 * 32 * 32, grouping
+    assert {r["group"] for r in rows if r["grouping"] == "predicted"} == {"background", "vessel"}
+    assert (out / "stats" / "stats_by_distance.png").exists()
