@@ -7,16 +7,19 @@ It needs every pixel's gradient, so it is read from a matching precomputed Jacob
 (``--erf``) and otherwise omitted with a note saying how to make one. ``probability`` and
 ``errors`` come from the model's forward pass.
 
-Receptive-field maps of ``vessel-lens erf`` (issue 5: count and fulfillment at stored
-fractions, centroid offset, mass radius) plug in here once that command's reader exists: a
-``MapLayer`` whose ``compute`` finds the map of ``ctx.view`` (stem, crop box, weights hash) in
-``ctx.state.config.erf``, picks the stored fraction nearest ``ctx.fraction`` (saying so in
-``note`` when it differs) and returns it; :func:`discover_layers` registers it when the reader
-imports. Until then those maps are not offered.
+The ``erf_*`` layers show the receptive-field maps written by ``vessel-lens erf``
+(``<stem>.erf.npz`` in the ``--erf`` folder): the count and the fulfillment at the stored
+fraction nearest the page's threshold, and the radius holding 90 % of the gradient mass. A map
+file is used when it was made for the view's image and crop box with the selected model's
+weights (``weights_hash``), for the vessel probability of class 1 (``AppState.maps_for``). The
+note says when the stored fraction or the file's threshold mode differs from the page's (the
+map is not recomputed); pixels the file did not compute (``--pixel-stride``) are blank. Without
+a matching file the layer shows how to make one.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,9 +121,127 @@ def _errors(ctx: LayerContext) -> LayerResult:
     return LayerResult(values, title, "", style)
 
 
+MASS_FRACTION = 0.9
+"""The mass fraction whose radius the ``erf_mass_radius`` layer shows (nearest stored)."""
+
+
+def _amount(value: float, mode: str) -> str:
+    """A threshold as the page writes it: a percentage, or the value itself for absolute."""
+    return f"{value:g}" if mode == "absolute" else f"{100 * value:g} %"
+
+
+def _erf_howto(ctx: LayerContext) -> str:
+    """How to make the map file this view lacks."""
+    state, view = ctx.state, ctx.view
+    source = state.view_source(view)
+    if source is None:
+        return "receptive-field maps exist for dataset images only (not for uploads)"
+    entry = state.model(ctx.model_key)
+    if entry.weights_hash is None:
+        return "the random initialisation has no receptive-field map files; choose a checkpoint"
+    stem, (top, left, height, width) = source
+    full = (height, width) == tuple(state.sample(view.key).size) and top == left == 0
+    crop = "--full" if full else f"--crop {height}"
+    folder = state.config.erf or "DIR"
+    return (
+        f"no receptive-field map of this image, crop and checkpoint in --erf: run vessel-lens erf "
+        f"--checkpoint {entry.spec or '...'} --images {stem} {crop} --out {folder} "
+        "(centred crops or --full) and start the app with --erf on that folder"
+    )
+
+
+def _erf_maps(ctx: LayerContext, title: str):
+    """(maps, None) for the view's matching map file, or (None, the result explaining why)."""
+    stored = ctx.state.maps_for(ctx.model_key, ctx.view)
+    if stored is None:
+        return None, LayerResult(None, title, _erf_howto(ctx))
+    try:
+        maps = ctx.state.erf_maps.load(stored)
+    except VesselLensError as exc:
+        return None, LayerResult(None, title, str(exc))
+    if (maps.height, maps.width) != (ctx.view.height, ctx.view.width):
+        note = f"{stored.name}: maps are {maps.height}x{maps.width}, not the view's size"
+        return None, LayerResult(None, title, note)
+    return maps, None
+
+
+def _plane(maps, values, title: str) -> tuple[np.ndarray | None, str]:
+    """One (H, W) float map with the pixels not computed blank; per-channel maps
+    (``--channels separate``) are used only when there is one channel."""
+    array = values.detach().cpu().float().numpy()
+    if maps.channels == "separate":
+        if array.shape[0] != 1:
+            return None, (
+                f"{title}: the map file holds one map per input channel (--channels separate); "
+                "the app shows channel-summed maps: run vessel-lens erf with --channels sum"
+            )
+        array = array[0]
+    computed = maps.computed.numpy().astype(bool)
+    return np.where(computed, array, np.nan).astype(np.float32), ""
+
+
+def _erf_thresholded(ctx: LayerContext, name: str, label: str, style: dict) -> LayerResult:
+    """``name`` (count or fulfillment) at the stored fraction nearest the page's threshold."""
+    maps, failed = _erf_maps(ctx, label)
+    if failed is not None:
+        return failed
+    index = maps.fraction_index(ctx.fraction)
+    shown = maps.fractions[index]
+    title = f"{label} at {_amount(shown, maps.mode)} (mode {maps.mode})"
+    values, problem = _plane(maps, getattr(maps, name)[index], label)
+    if values is None:
+        return LayerResult(None, title, problem)
+    notes = []
+    if not math.isclose(shown, ctx.fraction, rel_tol=1e-6, abs_tol=1e-12):
+        stored = ", ".join(_amount(f, maps.mode) for f in maps.fractions)
+        notes.append(f"stored fractions: {stored}; showing {_amount(shown, maps.mode)}")
+    if maps.mode != ctx.mode:
+        notes.append(f"the map used threshold mode {maps.mode}, not the page's {ctx.mode}")
+    if not bool(maps.computed.all()):
+        notes.append("pixels not computed are blank")
+    return LayerResult(values, title, "; ".join(notes), style)
+
+
+def _erf_count(ctx: LayerContext) -> LayerResult:
+    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}"}
+    return _erf_thresholded(ctx, "count", "Receptive-field count", style)
+
+
+def _erf_fulfillment(ctx: LayerContext) -> LayerResult:
+    style = {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0, "hover": "fulfillment %{z:.3f}"}
+    return _erf_thresholded(ctx, "fulfillment", "Fulfillment (count / bbox area)", style)
+
+
+def _erf_mass_radius(ctx: LayerContext) -> LayerResult:
+    label = f"{_amount(MASS_FRACTION, 'pixel')} mass radius"
+    maps, failed = _erf_maps(ctx, label)
+    if failed is not None:
+        return failed
+    if not maps.mass_fractions:
+        return LayerResult(None, label, "the map file holds no mass radius")
+    gaps = [abs(q - MASS_FRACTION) for q in maps.mass_fractions]
+    index = gaps.index(min(gaps))
+    shown = maps.mass_fractions[index]
+    title = f"{_amount(shown, 'pixel')} mass radius (half side of the centred square, px)"
+    values, problem = _plane(maps, maps.mass_radius[index], label)
+    if values is None:
+        return LayerResult(None, title, problem)
+    notes = []
+    if not math.isclose(shown, MASS_FRACTION):
+        stored = ", ".join(_amount(q, "pixel") for q in maps.mass_fractions)
+        notes.append(f"stored mass fractions: {stored}; showing {_amount(shown, 'pixel')}")
+    if not bool(maps.computed.all()):
+        notes.append("pixels not computed are blank")
+    style = {"colorscale": "Viridis", "hover": "r = %{z:.0f} px"}
+    return LayerResult(values, title, "; ".join(notes), style)
+
+
 def discover_layers() -> list[str]:
-    """Register the built-in layers (and the ERF layers once their reader exists)."""
+    """Register the built-in layers, then the receptive-field layers of ``vessel-lens erf``."""
     register_layer(MapLayer("significant", "Most significant pixels (count)", _significant))
     register_layer(MapLayer("probability", "Vessel probability", _probability))
     register_layer(MapLayer("errors", "Errors against the label", _errors))
+    register_layer(MapLayer("erf_count", "Receptive-field count (erf)", _erf_count))
+    register_layer(MapLayer("erf_fulfillment", "Fulfillment (erf)", _erf_fulfillment))
+    register_layer(MapLayer("erf_mass_radius", "90 % mass radius (erf)", _erf_mass_radius))
     return list(layers())

@@ -21,7 +21,7 @@ from vessel_lens.app.cache import LRUCache, held_bytes
 from vessel_lens.app.config import RANDOM_INIT, AppConfig
 from vessel_lens.app.images import View, resolve_view
 from vessel_lens.app.jobs import GlobalMaxJobs, Job, engine_global_max
-from vessel_lens.app.stores import StoredJacobian, StoreIndex
+from vessel_lens.app.stores import MapIndex, StoredJacobian, StoredMaps, StoreIndex
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError, DataError
 
@@ -41,6 +41,8 @@ class ModelEntry:
     kwargs: dict
     weights_hash: str | None
     in_channels: int
+    spec: str | None = None
+    """What ``--checkpoint`` named (None for the random initialisation)."""
 
 
 def _describe(spec: str, checkpoint) -> str:
@@ -87,6 +89,7 @@ def load_models(config: AppConfig, device: torch.device) -> dict[str, ModelEntry
             dict(checkpoint.model_kwargs),
             weights_hash(checkpoint.state_dict),
             int(checkpoint.model_kwargs.get("in_channels", 1)),
+            spec,
         )
     first = entries["m0"]
     entries[RANDOM_INIT] = ModelEntry(
@@ -128,6 +131,7 @@ class AppState:
             index = specs.index(config.compare) if config.compare in specs else len(specs)
             self.compare_default = f"m{index}"
         self.stores = StoreIndex(config.erf)
+        self.erf_maps = MapIndex(config.erf)
         self.uploads = LRUCache(config.uploads, 256 * MIB)
         budget = config.cache_mb * MIB
         self.engines = LRUCache(config.engines, budget * 3 // 4, size_of=engine_bytes)
@@ -195,8 +199,8 @@ class AppState:
             store = self._store_by_name(key[6:])
             return None if store is None else (0, 0, store.crop_box[2], store.crop_box[3])
         if key.startswith("data/"):
-            stores = self.stores.for_stem(key[5:])
-            return stores[0].crop_box if stores else None
+            stored = self.stores.for_stem(key[5:]) or self.erf_maps.for_stem(key[5:])
+            return stored[0].crop_box if stored else None
         return None
 
     def view(self, key: object, mode: object, size=None, top=None, left=None) -> tuple[View, str]:
@@ -205,18 +209,28 @@ class AppState:
             str(key), sample.size, mode, size, top, left, self.config.max_side, self.stored_box(key)
         )
 
-    def store_for(self, model_key: str, view: View) -> StoredJacobian | None:
-        entry = self.model(model_key)
+    def view_source(self, view: View) -> tuple[str, tuple[int, int, int, int]] | None:
+        """(image stem, crop box in that image) of a view, as precomputed files record them;
+        None for uploads (and unknown stored images)."""
         if view.key.startswith("store/"):
             store = self._store_by_name(view.key[6:])
             if store is None or (view.height, view.width) != tuple(store.crop_box[2:]):
                 return None
-            box, stem = store.crop_box, store.stem
-        elif view.key.startswith("data/"):
-            box, stem = (view.top, view.left, view.height, view.width), view.key[5:]
-        else:
-            return None
-        return self.stores.match(stem, box, entry.weights_hash)
+            return store.stem, store.crop_box
+        if view.key.startswith("data/"):
+            return view.key[5:], (view.top, view.left, view.height, view.width)
+        return None
+
+    def store_for(self, model_key: str, view: View) -> StoredJacobian | None:
+        entry = self.model(model_key)
+        source = self.view_source(view)
+        return None if source is None else self.stores.match(*source, entry.weights_hash)
+
+    def maps_for(self, model_key: str, view: View) -> StoredMaps | None:
+        """The receptive-field map file (``vessel-lens erf``) of this view and model, if any."""
+        entry = self.model(model_key)
+        source = self.view_source(view)
+        return None if source is None else self.erf_maps.match(*source, entry.weights_hash)
 
     def engine(self, model_key: str, view: View):
         from vessel_lens.interpret import JacobianEngine

@@ -1,23 +1,28 @@
-"""Precomputed stores given with ``--erf DIR``: Jacobian stores written by ``vessel-lens jacobian``.
+"""Precomputed files given with ``--erf DIR``: Jacobian stores (``*.zarr``, written by
+``vessel-lens jacobian``) and receptive-field map files (``*.erf.npz``, written by
+``vessel-lens erf``). The folder may hold either kind or both.
 
-A store is used for an image when it was computed with the same weights (``weights_hash``),
-for the vessel probability of class 1, on the same crop as the current view. It then supplies
-the stored gradient rows (no recomputation), the exact global maximum (when it holds every
-pixel of the crop), and the per-pixel count map of thresholded gradients — the original app's
-"most significant pixels" map — when it is small enough to hold in memory.
+A file is used for an image when it was computed with the same weights (``weights_hash``),
+for the vessel probability of class 1, on the same crop as the current view. A store then
+supplies the stored gradient rows (no recomputation), the exact global maximum (when it holds
+every pixel of the crop), and the per-pixel count map of thresholded gradients — the original
+app's "most significant pixels" map — when it is small enough to hold in memory. A map file
+supplies the receptive-field layers of the map panel (count, fulfillment and mass radius at
+its stored fractions). Files that cannot be read are logged, listed in ``problems`` and skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vessel_lens.app.cache import LRUCache
+from vessel_lens.app.cache import LRUCache, held_bytes
 from vessel_lens.errors import DataError
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude, threshold_value
 
@@ -53,6 +58,39 @@ class StoredJacobian:
         return self.rows * int(np.prod(self.source_shape)) * 4
 
 
+def _matches(entry, stem: str, box: tuple[int, ...], weights_hash: str | None) -> bool:
+    """Whether a stored file (store or map file) is of this image and crop, made with these
+    weights, for the vessel probability (class 1): the quantity the app differentiates."""
+    return (
+        entry.stem == stem
+        and entry.crop_box == tuple(box)
+        and weights_hash is not None
+        and entry.weights_hash == weights_hash
+        and entry.output == "probability"
+        and entry.target_class == 1
+    )
+
+
+def _index(paths: Iterable[Path], read: Callable[[Path], object]) -> tuple[list, list[str]]:
+    """``read`` of each path, and a line per path that could not be read (logged, skipped)."""
+    entries, problems = [], []
+    for path in paths:
+        try:
+            entries.append(read(path))
+        except (DataError, KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{path.name}: {exc}")
+    for problem in problems:
+        log.warning("--erf: skipped %s", problem)
+    return entries, problems
+
+
+def _box(value: object) -> tuple[int, int, int, int]:
+    box = tuple(int(v) for v in value)
+    if len(box) != 4:
+        raise ValueError(f"crop_box {value!r} is not (top, left, height, width)")
+    return box
+
+
 @dataclass
 class _Loaded:
     rows: object
@@ -75,31 +113,27 @@ class StoreIndex:
             self._scan(Path(folder))
 
     def _scan(self, folder: Path) -> None:
+        self.stores, self.problems = _index(sorted(folder.glob("*.zarr")), self._read)
+
+    @staticmethod
+    def _read(path: Path) -> StoredJacobian:
         from vessel_lens.interpret.store import JacobianStore
 
-        for path in sorted(folder.glob("*.zarr")):
-            try:
-                store = JacobianStore.open(path, mode="r")
-                attrs = store.attrs
-                self.stores.append(
-                    StoredJacobian(
-                        path=path,
-                        name=path.name[: -len(".zarr")],
-                        stem=str(attrs.get("stem", path.stem)),
-                        crop_box=tuple(int(v) for v in attrs["crop_box"]),
-                        weights_hash=str(attrs.get("weights_hash", "")),
-                        model_name=str(attrs.get("model_name", "")),
-                        output=str(attrs.get("output", "")),
-                        target_class=int(attrs.get("target_class", -1)),
-                        complete=store.complete,
-                        rows=store.rows,
-                        source_shape=tuple(int(v) for v in attrs["source_shape"]),
-                    )
-                )
-            except (DataError, KeyError, TypeError, ValueError) as exc:
-                self.problems.append(f"{path.name}: {exc}")
-        for problem in self.problems:
-            log.warning("--erf: skipped %s", problem)
+        store = JacobianStore.open(path, mode="r")
+        attrs = store.attrs
+        return StoredJacobian(
+            path=path,
+            name=path.name[: -len(".zarr")],
+            stem=str(attrs.get("stem", path.stem)),
+            crop_box=_box(attrs["crop_box"]),
+            weights_hash=str(attrs.get("weights_hash", "")),
+            model_name=str(attrs.get("model_name", "")),
+            output=str(attrs.get("output", "")),
+            target_class=int(attrs.get("target_class", -1)),
+            complete=store.complete,
+            rows=store.rows,
+            source_shape=tuple(int(v) for v in attrs["source_shape"]),
+        )
 
     def for_stem(self, stem: str) -> list[StoredJacobian]:
         return [s for s in self.stores if s.stem == stem]
@@ -108,17 +142,8 @@ class StoreIndex:
         self, stem: str, box: tuple[int, int, int, int], weights_hash: str | None
     ) -> StoredJacobian | None:
         """A finished store of this image and crop, computed with these weights."""
-        for store in self.for_stem(stem):
-            if (
-                store.complete
-                and store.crop_box == tuple(box)
-                and weights_hash is not None
-                and store.weights_hash == weights_hash
-                and store.output == "probability"
-                and store.target_class == 1
-            ):
-                return store
-        return None
+        found = (s for s in self.stores if s.complete and _matches(s, stem, box, weights_hash))
+        return next(found, None)
 
     def _load(self, store: StoredJacobian) -> _Loaded:
         def load() -> _Loaded:
@@ -188,3 +213,71 @@ class StoreIndex:
             above = (magnitude > limit[:, None, None]).flatten(1).sum(1)
             counts[flat.numpy()] = above.float().numpy()
         return counts.reshape(height, width)
+
+
+@dataclass(frozen=True)
+class StoredMaps:
+    """One receptive-field map file's header (``<stem>.erf.npz``), read once at start-up."""
+
+    path: Path
+    name: str
+    stem: str
+    crop_box: tuple[int, int, int, int]
+    weights_hash: str
+    output: str
+    target_class: int
+    fractions: tuple[float, ...]
+    mode: str
+    channels: str
+    mass_fractions: tuple[float, ...]
+
+
+class MapIndex:
+    """The receptive-field map files found in one folder (each ``*.erf.npz``; unreadable ones
+    are listed in ``problems`` and skipped). Loaded maps are kept in a small LRU cache."""
+
+    def __init__(self, folder: Path | None, cache_bytes: int = IN_MEMORY_BYTES):
+        self.folder = folder
+        self.maps: list[StoredMaps] = []
+        self.problems: list[str] = []
+        self._loaded = LRUCache(4, cache_bytes, size_of=held_bytes)
+        if folder is not None:
+            from vessel_lens.interpret.erf_store import find_receptive_field_maps
+
+            self.maps, self.problems = _index(find_receptive_field_maps(folder), self._read)
+
+    @staticmethod
+    def _read(path: Path) -> StoredMaps:
+        from vessel_lens.interpret.erf_store import SUFFIX, read_erf_metadata
+
+        header = read_erf_metadata(path)
+        name = path.name[: -len(SUFFIX)]
+        return StoredMaps(
+            path=path,
+            name=name,
+            stem=str(header.get("stem", name)),
+            crop_box=_box(header["crop_box"]),
+            weights_hash=str(header.get("weights_hash", "")),
+            output=str(header.get("output", "")),
+            target_class=int(header.get("target_class", -1)),
+            fractions=tuple(float(f) for f in header["fractions"]),
+            mode=str(header["mode"]),
+            channels=str(header.get("channels", "sum")),
+            mass_fractions=tuple(float(f) for f in header.get("mass_fractions", ())),
+        )
+
+    def for_stem(self, stem: str) -> list[StoredMaps]:
+        return [m for m in self.maps if m.stem == stem]
+
+    def match(
+        self, stem: str, box: tuple[int, int, int, int], weights_hash: str | None
+    ) -> StoredMaps | None:
+        """The map file of this image and crop, computed with these weights."""
+        return next((m for m in self.maps if _matches(m, stem, box, weights_hash)), None)
+
+    def load(self, entry: StoredMaps):
+        """The file's :class:`~vessel_lens.interpret.ReceptiveFieldMaps` (cached);
+        :class:`DataError` when the file is damaged."""
+        from vessel_lens.interpret.erf_store import load_receptive_field_maps
+
+        return self._loaded.get_or_create(entry.path, lambda: load_receptive_field_maps(entry.path))

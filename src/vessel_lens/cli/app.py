@@ -34,8 +34,9 @@ def app(
     erf: Annotated[
         Path | None,
         typer.Option(
-            help="Folder of precomputed stores (vessel-lens jacobian): used for matching "
-            "image, crop and checkpoint (stored rows, global max, count map)."
+            help="Folder of precomputed results for matching image, crop and checkpoint: "
+            "Jacobian stores of vessel-lens jacobian (stored rows, global max, count map) "
+            "and map files of vessel-lens erf (count, fulfillment, mass radius maps)."
         ),
     ] = None,
     host: Annotated[
