@@ -118,6 +118,6 @@ def test_regularisation_counts_conv_weights_only():
         conv.weight.fill_(-2.0)
         conv.bias.fill_(100.0)
     model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(1))
-    assert float(regularisation(model, "l1", 0.5)) == pytest.approx(0.5 * 4 * 2.0)
-    assert float(regularisation(model, "l2", 0.5)) == pytest.approx(0.5 * 4 * 4.0)
+    assert regularisation(model, "l1", 0.5).item() == pytest.approx(0.5 * 4 * 2.0)
+    assert regularisation(model, "l2", 0.5).item() == pytest.approx(0.5 * 4 * 4.0)
     assert regularisation(model, "none", 1.0) is None
