@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret import erf_run
 from vessel_lens.interpret.erf import receptive_field_maps
 from vessel_lens.interpret.erf_run import ErfConfig, run_erf
+from vessel_lens.interpret.erf_stats import StatsConfig, erf_stats
 from vessel_lens.interpret.erf_store import load_receptive_field_maps, save_receptive_field_maps
 from vessel_lens.models import create_model, load_model, save_checkpoint
 
@@ -339,3 +341,23 @@ def test_erf_stats_on_a_tiny_set_with_known_classes(tmp_path, make_dataset):
         get_command(app).main(
             args=["erf-stats", str(erf_dir), "--data", str(data)], standalone_mode=False
         )
+
+
+def test_two_stores_of_one_image_are_refused(setup, tmp_path):
+    checkpoint, data, out = setup
+    grads = tmp_path / "grads"
+    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]
+    run("jacobian", *args, "--crop", "16", "--out", str(grads), "--images", "s01", jacobian=True)
+    shutil.copytree(grads / "s01.zarr", grads / "s01_again.zarr")
+    with pytest.raises(DataError, match="both hold image 's01'"):
+        run("erf", "--from-jacobian", str(grads), "--out", str(out))
+    assert not out.exists() or not list(out.glob("*.erf.npz"))
+
+
+def test_statistics_need_maps_of_the_vessel_class(setup, tmp_path):
+    checkpoint, data, out = setup
+    run(*common(checkpoint, data, out, "--images", "s00", "--target-class", "0", "--no-figures"))
+    summary = read_rows(out / "summary.csv")
+    assert summary[0]["predicted_vessel_fraction"] == ""
+    with pytest.raises(DataError, match="class 0"):
+        erf_stats(StatsConfig(erf_dir=out, data=str(data)))

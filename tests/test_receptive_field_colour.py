@@ -122,3 +122,14 @@ def test_colouring_needs_a_structural_field():
     assert not maps.metadata["colouring"]
     with pytest.raises(ConfigError, match="colouring needs"):
         receptive_field_maps(model, image, (0.1,), "pixel", strategy="vmap", colouring="always")
+
+
+def test_no_pixels_with_colouring_gives_empty_maps():
+    model = small_cnn()
+    none = torch.zeros(0, dtype=torch.long)
+    for mode in ("global", "pixel"):
+        maps = receptive_field_maps(
+            model, torch.rand(2, 12, 12), (0.1,), mode, pixels=none, strategy="vmap",
+            colouring="always",
+        )  # fmt: skip
+        assert not bool(maps.computed.any()) and bool((maps.count == -1).all())

@@ -71,6 +71,19 @@ def test_uint8_error_is_relative_to_each_blocks_range(tmp_path):
     assert meta["max_relative_error"] == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_uint8_keeps_exact_zeros_within_the_error_bound(tmp_path):
+    """Structural zeros (outside a receptive field) load as exactly 0, not as a small offset."""
+    rows = rows_like_a_jacobian()
+    rows[:, :, :2] = 0.0
+    write_store(tmp_path / "a.zarr", rows, "uint8")
+    loaded, _ = load_jacobian(tmp_path / "a.zarr")
+    assert torch.equal(loaded[:, :, :2], torch.zeros_like(loaded[:, :, :2]))
+    for block in range(3):
+        part = slice(4 * block, 4 * block + 4)
+        half_step = (rows[part].max() - rows[part].min()) / 510
+        assert (loaded[part] - rows[part]).abs().max() <= half_step * (1 + 1e-5)
+
+
 def test_lazy_rows_read_on_indexing(tmp_path):
     rows = rows_like_a_jacobian()
     write_store(tmp_path / "a.zarr", rows, "uint8")

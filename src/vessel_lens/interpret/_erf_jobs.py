@@ -125,6 +125,15 @@ def store_jobs(config) -> list[Job]:
         stores.append(_Store(str(store.attrs.get("stem", path.stem)), path, store.attrs))
     if not stores:
         raise DataError(f"--from-jacobian {config.from_jacobian}: holds no *.zarr store")
+    first: dict[str, Path] = {}
+    for store in stores:  # one map file per image stem: two stores of one image would clash
+        if store.stem in first:
+            raise DataError(
+                f"--from-jacobian {config.from_jacobian}: {first[store.stem].name} and "
+                f"{store.path.name} both hold image {store.stem!r}; move one of them to "
+                "another folder"
+            )
+        first[store.stem] = store.path
     jobs = []
     for store in _chosen(stores, config, str(config.from_jacobian)):
         attrs = {

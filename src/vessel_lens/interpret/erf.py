@@ -139,7 +139,7 @@ def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor
 
 def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
     groups = colour_groups(flat, width, periods(field))
-    if not coarse:
+    if not coarse or not groups:
         return groups
     first = torch.stack([g[0] for g in groups])
     period = periods(field)

@@ -198,7 +198,10 @@ def summarise(maps: ReceptiveFieldMaps) -> dict[str, Any]:
     offsets = maps.centroid_offset[..., computed, :]
     row["centroid_distance_mean"] = float(offsets.norm(dim=-1).nanmean())
     row["probability_mean"] = float(maps.probability[computed].mean())
-    row["predicted_vessel_fraction"] = float((maps.probability[computed] > 0.5).float().mean())
+    # the probability is the target class's: it gives the vessel mask for class 1 only
+    vessel = int(maps.metadata.get("target_class", 1)) == 1
+    predicted = float((maps.probability[computed] > 0.5).float().mean())
+    row["predicted_vessel_fraction"] = predicted if vessel else ""
     for key in ("strategy", "colouring", "seconds"):
         row[key] = maps.metadata.get(key, "")
     return row

@@ -31,6 +31,8 @@ OUTCOMES = ("TN", "TP", "FN", "FP")
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 WIDTH_BINS = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
 MARKER = "stats_answer.csv"
+VESSEL_CLASS = 1
+"""The class whose probability above 0.5 is the predicted vessel mask."""
 
 
 @dataclass
@@ -86,6 +88,13 @@ def pixel_table(maps, sample) -> dict[str, np.ndarray]:
     """One row per computed pixel of ``maps`` with its class, geometry and field sizes."""
     if sample.label is None:
         raise DataError(f"image {sample.stem}: has no label; erf-stats needs labels")
+    target = int(maps.metadata.get("target_class", VESSEL_CLASS))
+    if target != VESSEL_CLASS:
+        raise DataError(
+            f"image {sample.stem}: its maps differentiate class {target}, whose probability "
+            f"does not give the predicted vessel mask; erf-stats needs maps of class "
+            f"{VESSEL_CLASS} (vessel-lens erf --target-class {VESSEL_CLASS})"
+        )
     whole = [0, 0, maps.height, maps.width]
     top, left, height, width = (int(v) for v in maps.metadata.get("crop_box", whole))
     full_h, full_w = sample.size

@@ -173,6 +173,12 @@ def _dequantize(store: JacobianStore, start: int, stop: int) -> torch.Tensor:
     step = np.where(high > low, (high - low) / 255, 0.0)
     shape = (-1,) + (1,) * (raw.ndim - 1)
     values = low[block].reshape(shape) + raw.astype(np.float64) * step[block].reshape(shape)
+    # The code whose interval holds 0 is read as exactly 0 (still within half a step of the
+    # value written), so gradients that are exactly zero outside a receptive field stay zero.
+    zero_code = np.where(
+        (low <= 0) & (high >= 0) & (step > 0), np.round(-low / np.where(step > 0, step, 1)), -1
+    )
+    values[raw == zero_code[block].reshape(shape)] = 0.0
     return torch.from_numpy(values.astype(np.float32))
 
 
