@@ -199,6 +199,8 @@ def test_source_options_exclude_each_other(setup, tmp_path):
         run("erf", "--out", str(out))
     with pytest.raises(ConfigError, match="does not apply"):
         run("erf", "--from-jacobian", str(tmp_path), "--checkpoint", str(checkpoint), "--out", "x")
+    with pytest.raises(ConfigError, match="--target-class does not apply"):
+        run("erf", "--from-jacobian", str(tmp_path), "--target-class", "0", "--out", "x")
     with pytest.raises(ConfigError, match="not a folder"):
         run("erf", "--from-jacobian", str(tmp_path / "none"), "--out", str(out))
 

@@ -234,6 +234,9 @@ def test_store_round_trip_and_summary(tmp_path):
     assert row["pixels"] == 81 and row["count_mean_10%"] == pytest.approx(
         float(maps.count[0].float().mean())
     )
+    loaded.count[1] = torch.arange(81, dtype=torch.int32).reshape(9, 9)
+    loaded.computed[0, 0] = False  # 80 pixels holding 1..80: the median is 40.5
+    assert summarise(loaded)["count_median_50%"] == 40.5
     (tmp_path / "bad.erf.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable"):
         load_receptive_field_maps(tmp_path / "bad.erf.npz")

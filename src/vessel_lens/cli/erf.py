@@ -117,6 +117,10 @@ def erf(
                 ("--full", full or None),
                 ("--strategy", None if strategy == "auto" else strategy),
                 ("--pixel-stride", None if pixel_stride == 1 else pixel_stride),
+                ("--split", None if split == "test" else split),
+                ("--output", None if output == "probability" else output),
+                ("--target-class", None if target_class == 1 else target_class),
+                ("--colouring", None if colouring == "auto" else colouring),
             )
             if value is not None
         ]

@@ -189,7 +189,8 @@ def summarise(maps: ReceptiveFieldMaps) -> dict[str, Any]:
     for index, fraction in enumerate(maps.fractions):
         counts = maps.count[index][..., computed].float()
         row[f"count_mean_{_percent(fraction)}"] = float(counts.mean())
-        row[f"count_median_{_percent(fraction)}"] = float(counts.median())
+        # the mean of the two middle values for an even number, as numpy's median
+        row[f"count_median_{_percent(fraction)}"] = float(counts.quantile(0.5))
         fulfil = maps.fulfillment[index][..., computed]
         row[f"fulfillment_mean_{_percent(fraction)}"] = float(fulfil.mean())
     for index, q in enumerate(maps.mass_fractions):

@@ -107,6 +107,11 @@ def pixel_table(maps, sample) -> dict[str, np.ndarray]:
             f"image {sample.stem}: is {full_h}x{full_w}, which does not hold the maps' crop "
             f"{height}x{width} at ({top}, {left}); was it computed on another dataset?"
         )
+    if maps.channels == "separate" and maps.count.shape[1] > 1:
+        raise DataError(
+            f"image {sample.stem}: its maps are per input channel (--channels separate); "
+            "erf-stats compares one map per image: rerun vessel-lens erf with --channels sum"
+        )
     label = sample.label.numpy().astype(bool)
     skeleton = sample.skeleton.numpy() if sample.skeleton is not None else None
     distance, vessel_width = centreline_geometry(label, skeleton)
