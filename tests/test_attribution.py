@@ -128,21 +128,35 @@ def test_input_x_gradient_is_input_times_saliency(model, image, targets):
     )
 
 
-class _TwoLayer(nn.Module):
-    """conv -> ReLU -> conv, the ReLU either functional or a module."""
+RELU_KINDS = ("functional", "module", "module_inplace", "relu_", "tensor_relu_", "torch_relu_")
 
-    def __init__(self, functional: bool):
+
+class _TwoLayer(nn.Module):
+    """conv -> ReLU -> conv, the ReLU written in one of :data:`RELU_KINDS`."""
+
+    def __init__(self, kind: str):
         super().__init__()
         generator = torch.Generator().manual_seed(1)
         self.first = nn.Conv2d(1, 3, 3, padding=1, bias=False)
         self.second = nn.Conv2d(3, 2, 3, padding=1, bias=False)
         self.first.weight.data = torch.randn(self.first.weight.shape, generator=generator)
         self.second.weight.data = torch.randn(self.second.weight.shape, generator=generator)
-        self.relu = None if functional else nn.ReLU()
+        self.kind = kind
+        self.relu = nn.ReLU(inplace=kind == "module_inplace")
 
     def forward(self, x):
         hidden = self.first(x)
-        return self.second(F.relu(hidden) if self.relu is None else self.relu(hidden))
+        if self.kind == "functional":
+            hidden = F.relu(hidden)
+        elif self.kind.startswith("module"):
+            hidden = self.relu(hidden)
+        elif self.kind == "relu_":
+            F.relu_(hidden)  # the return value is ignored on purpose
+        elif self.kind == "tensor_relu_":
+            hidden.relu_()
+        else:
+            torch.relu_(hidden)
+        return self.second(hidden)
 
 
 def _guided_by_hand(net: _TwoLayer, x: torch.Tensor, row: int, col: int) -> torch.Tensor:
@@ -156,9 +170,9 @@ def _guided_by_hand(net: _TwoLayer, x: torch.Tensor, row: int, col: int) -> torc
     return result[0]
 
 
-@pytest.mark.parametrize("functional", [True, False])
-def test_guided_backprop_overrides_functional_and_module_relus(functional):
-    net = _TwoLayer(functional).eval()
+@pytest.mark.parametrize("kind", RELU_KINDS)
+def test_guided_backprop_overrides_functional_module_and_in_place_relus(kind):
+    net = _TwoLayer(kind).eval()
     x = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(2))
     target = pixel_target(3, 2, (6, 6), output="logit")
     guided = attribute(net, x, target, "guided_backprop")
@@ -199,6 +213,27 @@ def test_gradcam_of_a_padded_input_keeps_the_input_size(model):
     x = torch.rand(1, 40, 36)
     cam = attribute(model, x, (20, 18), "layer_gradcam")
     assert cam.shape == (1, 40, 36)
+
+
+def test_gradcam_follows_the_layer_stride_of_a_padded_input(model):
+    """A 20x20 input is padded to 32x32: the quarter-resolution layer is 8x8 (stride 4), and
+    its cells map to blocks of 4 input pixels, not to ceil(20 / 8) = 3."""
+    x = torch.rand(1, 20, 20)
+    assert default_gradcam_layer(model, x) == "decoder.1"
+    cam = attribute(model, x, (10, 9), "layer_gradcam", layer="decoder.0", interpolation="nearest")
+    stored = {}
+    handle = model.decoder[0].register_forward_hook(lambda m, i, o: stored.update(out=o))
+    try:
+        x1 = x[None].clone().requires_grad_(True)
+        value = model(x1).softmax(1)[0, 1, 10, 9]
+        (grad,) = torch.autograd.grad(value, stored["out"])
+    finally:
+        handle.remove()
+    features = stored["out"].detach()
+    expected = torch.relu((grad.mean((2, 3), keepdim=True) * features).sum(1))[0]  # (4, 4)
+    assert expected.shape == (4, 4)
+    manual = expected.repeat_interleave(8, 0).repeat_interleave(8, 1)[:20, :20]
+    torch.testing.assert_close(cam[0], manual, rtol=1e-4, atol=1e-6 * float(manual.abs().max()))
 
 
 @pytest.mark.parametrize("method", ["smoothgrad", "gradient_shap"])

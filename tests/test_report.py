@@ -223,3 +223,32 @@ def test_crop_and_run_folder_helpers(tmp_path, run_folder):
     assert cropped.size == (20, 20) and torch.equal(cropped.image, sample.image[:, 10:30, 15:35])
     assert find_run_folder(None, run_folder / "best.pt") == (run_folder, "")
     assert find_run_folder(None, tmp_path / "x.pt")[0] is None
+
+
+def test_report_leaves_a_train_mode_model_as_found_and_shows_two_channel_images(tmp_path):
+    """A model in train mode is used in eval mode and handed back unchanged (BatchNorm
+    statistics, mode, RNG); a deletion method missing from the methods is computed anyway;
+    two-channel images are drawn."""
+    from vessel_lens.data.samples import Sample
+    from vessel_lens.viz.report import write_report
+
+    torch.manual_seed(0)
+    model = create_model("resnet_seg", width=2, in_channels=2)  # train mode, as built
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    label = torch.zeros(24, 24, dtype=torch.bool)
+    label[10:14] = True
+    sample = Sample("two", torch.rand(2, 24, 24), label)
+    rng = torch.get_rng_state()
+    options = ReportOptions(
+        methods=["saliency"],
+        sanity_methods=["saliency"],
+        deletion_methods=["saliency", "input_x_gradient"],
+    )
+    report = write_report(model, [sample], tmp_path / "report", options=options, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    html = report.html.read_text()
+    assert "Deletion and insertion: two" in html
+    deletion = (tmp_path / "report" / "tables" / "two_deletion.csv").read_text()
+    assert "input_x_gradient" in deletion

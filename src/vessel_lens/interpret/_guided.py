@@ -35,6 +35,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 _RELUS = (F.relu, torch.relu, torch.Tensor.relu)
+_INPLACE_RELUS = (F.relu_, torch.relu_, torch.Tensor.relu_)
 
 
 class guided_relus(TorchFunctionMode):
@@ -42,6 +43,14 @@ class guided_relus(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        inplace = func in _INPLACE_RELUS or (
+            func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        )
+        if inplace:
+            # the input is overwritten with the guided ReLU of (a copy of) itself, so code
+            # that ignores the return value sees the same values and the guided gradient
+            target = args[0]
+            return target.copy_(_GuidedReLU.apply(target.clone()))
         if func in _RELUS:
             return _GuidedReLU.apply(args[0])
         return func(*args, **kwargs)

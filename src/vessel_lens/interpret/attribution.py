@@ -185,20 +185,28 @@ def module_by_name(model: nn.Module, name: str) -> nn.Module:
 
 
 @torch.no_grad()
-def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
-    """The last module (in execution order) whose output is closest to 1/4 of the input size."""
+def _map_sizes(model: nn.Module, image: torch.Tensor) -> tuple[tuple[int, int], list]:
+    """One forward pass: the spatial size of the first 4-D tensor a submodule receives (the
+    input after any padding the model applies itself) and, in execution order, every
+    submodule's name and output height."""
     batch = as_image_batch(image).to(model_device(model))
-    height = batch.shape[-2]
+    entered: list[tuple[int, int]] = []
     seen: list[tuple[str, int]] = []
     handles = []
     for name, module in model.named_modules():
         if not name:
             continue
 
+        def enter(_module, inputs):
+            first = inputs[0] if inputs else None
+            if not entered and isinstance(first, torch.Tensor) and first.dim() == 4:
+                entered.append((int(first.shape[-2]), int(first.shape[-1])))
+
         def hook(_module, _inputs, output, name=name):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 seen.append((name, int(output.shape[-2])))
 
+        handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(hook))
     try:
         with frozen_eval(model):
@@ -206,6 +214,13 @@ def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
     finally:
         for handle in handles:
             handle.remove()
+    return (entered[0] if entered else tuple(batch.shape[-2:])), seen
+
+
+def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
+    """The last module (in execution order) whose output is closest to 1/4 of the input size
+    (of the padded input, for models that pad their input to a multiple of their stride)."""
+    (height, _), seen = _map_sizes(model, image)
     if not seen:
         raise ConfigError("layer_gradcam: the model has no module with a 4-D output; give layer=")
     best = min(abs(math.log(max(h, 1) / height) - math.log(0.25)) for _, h in seen)
@@ -215,11 +230,17 @@ def default_gradcam_layer(model: nn.Module, image: torch.Tensor) -> str:
     return candidates[-1]
 
 
-def _upsample(layer_map: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """(1, 1, h, w) -> (1, 1, H, W): scale by the integer factors ceil(H / h), ceil(W / w)
-    and crop the bottom/right, so maps of models that pad their input stay aligned."""
+def _upsample(
+    layer_map: torch.Tensor, height: int, width: int, mode: str, padded: tuple[int, int]
+) -> torch.Tensor:
+    """(1, 1, h, w) -> (1, 1, H, W). A model that pads its input at the bottom and right to
+    ``padded`` (the size its first module receives) has layer stride padded / (h, w): scale
+    the map to ``padded`` and crop; otherwise scale by ceil(H / h), ceil(W / w) and crop."""
     h, w = layer_map.shape[-2:]
-    size = (h * math.ceil(height / h), w * math.ceil(width / w))
+    if padded[0] % h == 0 and padded[1] % w == 0 and padded[0] >= height and padded[1] >= width:
+        size = tuple(padded)
+    else:
+        size = (h * math.ceil(height / h), w * math.ceil(width / w))
     align = False if mode in ("bilinear", "bicubic") else None
     up = F.interpolate(layer_map, size=size, mode=mode, align_corners=align)
     return up[..., :height, :width]
@@ -296,7 +317,8 @@ def _run(method: str, forward: TargetValue, x: torch.Tensor, o: dict[str, Any]) 
     cam = ca.LayerGradCam(forward, layer).attribute(x, relu_attributions=bool(o["relu"]))
     if not isinstance(cam, torch.Tensor) or cam.dim() != 4:
         raise ConfigError(f"layer_gradcam: layer {name!r} does not output a (B, C, h, w) map")
-    up = _upsample(cam.detach(), x.shape[-2], x.shape[-1], o["interpolation"])
+    padded, _ = _map_sizes(forward.model, x[0])
+    up = _upsample(cam.detach(), x.shape[-2], x.shape[-1], o["interpolation"], padded)
     return up.expand(-1, x.shape[1], -1, -1)
 
 

@@ -25,10 +25,12 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C, H, W) or (H, W) tensor/array -> (H, W) or (H, W, 3) float array for imshow."""
+    """(C, H, W) or (H, W) tensor/array -> (H, W) or (H, W, 3) float array for imshow: the
+    first three channels as RGB, or the first channel of one- and two-channel images."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 3:
-        array = array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+        # one channel, or two (e.g. grey + alpha): the first is shown
+        array = np.moveaxis(array[:3], 0, -1) if array.shape[0] >= 3 else array[0]
     return array.astype(np.float32)
 
 

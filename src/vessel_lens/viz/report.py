@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret._inputs import frozen_eval
 from vessel_lens.interpret.attribution import METHODS, attribute
 from vessel_lens.interpret.jacobian import jacobian
 from vessel_lens.interpret.targets import pixel_target
@@ -259,6 +260,21 @@ def check_output(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def _deletion_maps(model: nn.Module, result: _ImageResult, options: ReportOptions) -> dict:
+    """The first pixel's maps, plus those of deletion methods that ``--methods`` left out."""
+    maps = dict(result.maps[0]) if result.maps else {}
+    if not result.pixels:
+        return maps
+    row, col, _ = result.pixels[0]
+    height, width = result.sample.size
+    target = pixel_target(row, col, (height, width))
+    for method in options.deletion_methods:
+        if method not in maps:
+            settings = report_method_options(method, height, width, options.seed)
+            maps[method] = attribute(model, result.sample.image, target, method, **settings)
+    return maps
+
+
 def write_report(
     model: nn.Module,
     samples: list[Sample],
@@ -295,7 +311,12 @@ def write_report(
     checked = min(options.sanity_images, len(samples))
     pixel_rows: list[dict] = []
     produced: list[Path] = []
-    with tqdm(total=3 * checked, desc="report", unit="step", disable=not progress) as bar:
+    # eval mode throughout (restored afterwards): a caller's model in train mode would otherwise
+    # update its BatchNorm statistics and draw dropout masks in the forward passes below
+    with (
+        frozen_eval(model),
+        tqdm(total=3 * checked, desc="report", unit="step", disable=not progress) as bar,
+    ):
         images = [_image_part(model, s, options, figures, device, bar, pixel_rows) for s in samples]
         sanity_parts = []
         for result in images[:checked]:
@@ -303,7 +324,7 @@ def write_report(
                 model,
                 result.sample,
                 result.pixels,
-                result.maps[0] if result.maps else {},
+                _deletion_maps(model, result, options),
                 options,
                 figures,
                 tables,
