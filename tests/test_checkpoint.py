@@ -137,6 +137,15 @@ def test_random_bytes_are_refused(tmp_path, seed):
     single_line_error(info, path)
 
 
+@pytest.mark.parametrize("text", ["hi\n", "epochs: 3\nlr: 0.1\n", "{}", "(", "N."])
+def test_text_files_are_refused(tmp_path, text):
+    path = tmp_path / "notes.pt"
+    path.write_text(text)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    single_line_error(info, path)
+
+
 def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.pt"
     path.write_bytes(b"")

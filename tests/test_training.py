@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import errno
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from vessel_lens.cli import main
-from vessel_lens.errors import CheckpointError, ConfigError, TrainingError
+from vessel_lens.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vessel_lens.models import load_model, read_checkpoint
 from vessel_lens.training import TrainConfig, resume, train
 from vessel_lens.training.config import read_config
@@ -48,6 +49,22 @@ def test_config_validation_and_yaml_round_trip(tmp_path):
         TrainConfig(model="vgg")
     with pytest.raises(ConfigError, match="crop_size 8"):
         TrainConfig(crop_size=8)
+    # YAML reads 1e-6 as text; numbers given as text are converted, other types refused
+    assert TrainConfig(min_lr="1e-6", lr="1e-3").min_lr == 1e-6
+    assert TrainConfig(epochs=3.0).epochs == 3 and isinstance(TrainConfig(epochs=3.0).epochs, int)
+    for bad, message in [
+        ({"batch_size": 2.5}, "batch_size 2.5: expected a whole number"),
+        ({"lr": "fast"}, "lr 'fast': expected a number"),
+        ({"flips": "yes"}, "flips 'yes': expected true or false"),
+        ({"epochs": True}, "epochs True: expected a number"),
+        ({"min_lr": -1.0}, "min_lr -1.0: must be non-negative"),
+        ({"schedule": "cosine", "lr": 1e-3, "min_lr": 1e-2}, "must not exceed lr"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"plateau_patience": -2}, "plateau_patience"),
+        ({"seed": 2**40}, "seed"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TrainConfig(**bad)
     (tmp_path / "bad.yaml").write_text("epochs: 3\nunknown_key: 1\n")
     with pytest.raises(ConfigError, match="unknown_key"):
         read_config(tmp_path / "bad.yaml")
@@ -280,3 +297,71 @@ def test_seeded_split_is_recorded_and_reused_for_evaluation(tmp_path):
     assert plain.split_source == "seeded" and plain.splits != recorded
     reused = open_dataset(data, checkpoint=checkpoint)
     assert reused.split_source == "checkpoint" and reused.splits == recorded
+
+
+def test_resume_keeps_the_split_it_started_with(tmp_path):
+    """Images added to a dataset without a split of its own do not move into training on
+    --resume, and a changed dataset split is refused."""
+    import shutil
+
+    from vessel_lens.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, count=5, size=48, progress=False)
+    run = tmp_path / "run"
+    train(tiny(data=str(data), epochs=1, split_fractions=(0.6, 0.2, 0.2)), run, progress=False)
+    recorded = read_checkpoint(run / "last.pt").metadata["splits"]
+    extra = tmp_path / "extra"
+    write_synthetic_dataset(extra, count=4, size=48, seed=9, progress=False)
+    for folder in ("images", "labels", "skeletons"):
+        for path in (extra / folder).iterdir():
+            shutil.copy(path, data / folder / f"new_{path.name}")
+    resume(run, progress=False, epochs=2)
+    assert read_checkpoint(run / "last.pt").metadata["splits"] == recorded
+    # a dataset whose own split moves a validation image into training is refused
+    (data / "splits").mkdir()
+    (data / "splits" / "train.txt").write_text("\n".join(recorded["train"] + recorded["val"]))
+    (data / "splits" / "val.txt").write_text("\n".join(recorded["test"]))
+    (data / "splits" / "test.txt").write_text("new_synth0000\n")
+    with pytest.raises(DataError, match="train split differs"):
+        resume(run, progress=False, epochs=3)
+
+
+def test_a_folder_with_files_a_run_writes_is_not_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.csv").write_text("my numbers")
+    with pytest.raises(ConfigError, match=r"holds metrics\.csv"):
+        train(tiny(), out, progress=False)
+    assert (out / "metrics.csv").read_text() == "my numbers"
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_inputs_are_bad(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(epochs=1), out, progress=False)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(DataError):
+        train(tiny(data=str(tmp_path / "typo")), out, overwrite=True, progress=False)
+    assert (out / "last.pt").read_bytes() == before and (out / "metrics.csv").exists()
+
+
+def test_evaluate_refuses_user_files_and_a_channel_mismatch(tmp_path, capsys):
+    from vessel_lens.models import create_model, save_checkpoint
+
+    run = tmp_path / "run"
+    train(tiny(epochs=1), run, progress=False)
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "per_image.csv").write_text("mine")
+    args = ["evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--no-panels"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "per_image.csv" in err[0]
+    assert (out / "per_image.csv").read_text() == "mine"
+    rgb = create_model("resnet_seg", width=4, in_channels=3)
+    save_checkpoint(tmp_path / "rgb.pt", rgb, "resnet_seg", {"width": 4, "in_channels": 3})
+    args = ["evaluate", "--checkpoint", str(tmp_path / "rgb.pt"), "--out", str(tmp_path / "e2")]
+    assert main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "channel" in err[0] and "expects 3" in err[0]
+    assert not (tmp_path / "e2").exists()

@@ -32,6 +32,7 @@ def evaluate(
     from vessel_lens.cli._common import fresh_output_dir
     from vessel_lens.data.source import open_dataset
     from vessel_lens.devices import resolve_device
+    from vessel_lens.errors import ConfigError
     from vessel_lens.models import load_model
     from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 
@@ -39,9 +40,16 @@ def evaluate(
     model, ckpt = load_model(checkpoint, dev)
     dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1, checkpoint=ckpt)
     samples = dataset.subset(split)
+    channels = model_channels(ckpt)
+    if samples and samples[0].image.shape[0] != channels:
+        raise ConfigError(
+            f"{dataset.name}: images have {samples[0].image.shape[0]} channel(s), but "
+            f"{ckpt.path} expects {channels}"
+        )
     if out is None:
         out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
-    out = fresh_output_dir(out, overwrite, "metrics.json")
+    written = ("per_image.csv", "panels") if panels else ("per_image.csv",)
+    out = fresh_output_dir(out, overwrite, "metrics.json", written)
     result = evaluate_model(model, samples, dev, out / "panels" if panels else None, flip_average)
     files = write_evaluation(
         result,

@@ -59,8 +59,9 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index % len(self.samples)]
+        # one seed per (run seed, epoch, item), kept within torch's 63-bit range
         generator = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self.epoch) * 100_019 + index
+            ((self.seed * 1_000_003 + self.epoch) * 100_019 + index) & (2**63 - 1)
         )
         skeleton = sample.skeleton
         if skeleton is None:

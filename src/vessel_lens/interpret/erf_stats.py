@@ -31,6 +31,12 @@ OUTCOMES = ("TN", "TP", "FN", "FP")
 DISTANCE_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 WIDTH_BINS = (2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
 MARKER = "stats_answer.csv"
+WRITTEN = tuple(
+    f"stats_{name}" for name in ("by_class.csv", "by_distance.csv", "by_width.csv",
+                                 "per_image.csv", "by_outcome.png", "by_distance.png",
+                                 "by_width.png")
+)  # fmt: skip
+"""The other files erf-stats writes (refused, like the marker, unless --overwrite)."""
 VESSEL_CLASS = 1
 """The class whose probability above 0.5 is the predicted vessel mask."""
 
@@ -270,7 +276,7 @@ def erf_stats(config: StatsConfig) -> StatsResult:
         raise DataError(f"{config.erf_dir}: no map file belongs to split {config.split!r}")
     table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     stem_column = np.concatenate(stems)
-    out = fresh_output_dir(config.out, config.overwrite, MARKER)
+    out = fresh_output_dir(config.out, config.overwrite, MARKER, WRITTEN)
     result = StatsResult(pixels=table)
     tables = tabulate(table, stem_column)
     for key, rows in tables.items():

@@ -131,6 +131,11 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt or truncated: {_first_line(exc)})"
         ) from None
+    except Exception as exc:  # the legacy unpickler fails on text files with anything
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a PyTorch file: "
+            f"{type(exc).__name__} {_first_line(exc)})"
+        ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a vessel-lens checkpoint (holds {type(raw).__name__})")
     if raw.get("format") != FORMAT:

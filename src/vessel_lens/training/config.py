@@ -63,6 +63,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            setattr(self, item.name, _typed(item.name, item.type, getattr(self, item.name)))
         if isinstance(self.split_fractions, list):
             self.split_fractions = tuple(self.split_fractions)
         if self.norm in ("none", "None", ""):
@@ -77,6 +79,14 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size {self.batch_size}: must be at least 1"),
             (self.crop_size >= 16, f"crop_size {self.crop_size}: must be at least 16"),
             (self.lr > 0, f"lr {self.lr}: must be positive"),
+            (self.min_lr >= 0, f"min_lr {self.min_lr}: must be non-negative"),
+            (
+                self.schedule != "cosine" or self.min_lr <= self.lr,
+                f"min_lr {self.min_lr}: must not exceed lr {self.lr}",
+            ),
+            (self.warmup_epochs >= 0, "warmup_epochs must be non-negative"),
+            (self.plateau_patience >= 0, "plateau_patience must be non-negative"),
+            (0 <= self.seed < 2**32, f"seed {self.seed}: must be in [0, 2**32)"),
             (self.weight_decay >= 0, "weight_decay must be non-negative"),
             (
                 self.regularisation in REGULARISATIONS,
@@ -122,6 +132,29 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+
+def _typed(name: str, annotation: object, value: Any) -> Any:
+    """``value`` as the field's type (YAML reads ``1e-6`` as text; ``2.5`` is no batch size)."""
+    kind = str(annotation)
+    if value is None or kind not in ("int", "float", "bool"):
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} {value!r}: expected true or false")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} {value!r}: expected a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} {value!r}: expected a number")
+    if kind == "float":
+        return float(value)
+    if not float(value).is_integer():
+        raise ConfigError(f"{name} {value!r}: expected a whole number")
+    return int(value)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from vessel_lens.data.source import open_dataset
 from vessel_lens.data.splits import write_splits
 from vessel_lens.devices import resolve_device
 from vessel_lens.distributed import DistContext, init_distributed
-from vessel_lens.errors import CheckpointError, ConfigError, TrainingError
-from vessel_lens.models.checkpoint import read_checkpoint, save_checkpoint
+from vessel_lens.errors import CheckpointError, ConfigError, DataError, TrainingError
+from vessel_lens.models.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from vessel_lens.models.registry import create_model
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
@@ -88,7 +88,14 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 class Trainer:
     """Owns one run: model, optimiser, scheduler, data and the run folder."""
 
-    def __init__(self, config: TrainConfig, out: Path, ctx: DistContext, progress: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        ctx: DistContext,
+        progress: bool = True,
+        resuming: Checkpoint | None = None,
+    ):
         self.config = config
         self.out = Path(out)
         self.ctx = ctx
@@ -97,7 +104,10 @@ class Trainer:
             config.data,
             keep_channels=config.keep_channels,
             split_fractions=config.split_fractions,
+            checkpoint=resuming,
         )
+        if resuming is not None:
+            _check_same_split(dataset, resuming)
         self.dataset = dataset
         self.train_samples = dataset.subset("train")
         self.val_samples = dataset.subset("val")
@@ -228,7 +238,7 @@ class Trainer:
             objective = loss if penalty is None else loss + penalty
             if not torch.isfinite(objective):
                 raise TrainingError(
-                    f"loss became {float(objective)} at epoch {self.epoch + 1}, step {step + 1}; "
+                    f"loss became {float(objective.detach())} at epoch {self.epoch + 1}, step {step + 1}; "
                     f"stopped; the last good checkpoint is {self.out / 'last.pt'}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -351,19 +361,51 @@ class Trainer:
         )
 
 
-def _prepare_run_folder(out: Path, overwrite: bool) -> None:
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "splits")
+"""What a run writes into its folder."""
+
+
+def _check_same_split(dataset, checkpoint: Checkpoint) -> None:
+    """A resumed run must train and validate on the images it started with."""
+    recorded = checkpoint.metadata.get("splits") or {}
+    for name in ("train", "val"):
+        if name in recorded and sorted(recorded[name]) != sorted(dataset.splits.get(name, [])):
+            raise DataError(
+                f"{dataset.name}: its {name} split differs from the one this run started with "
+                f"({len(recorded[name])} images recorded in {checkpoint.path}); resuming would "
+                "mix images between splits: restore the data or start a new run"
+            )
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a run, or files a run would replace, unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    holds_run = any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt"))
-    if holds_run and not overwrite:
+    if overwrite:
+        return
+    if any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt")):
         raise ConfigError(
             f"{out}: already holds a run; use --resume {out} to continue it, or --overwrite "
             "to replace it"
         )
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if present:
+        raise ConfigError(
+            f"{out}: holds {present[0]}, which a run would replace; choose another --out or "
+            "pass --overwrite"
+        )
+
+
+def _clear_run_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png"):
-            (out / name).unlink(missing_ok=True)
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                for item in path.glob("*.txt"):
+                    item.unlink()
+            else:
+                path.unlink(missing_ok=True)
 
 
 def train(
@@ -373,9 +415,12 @@ def train(
     out = Path(out)
     ctx = init_distributed(resolve_device(config.device))
     if ctx.is_main:
-        _prepare_run_folder(out, overwrite)
+        _check_run_folder(out, overwrite)
     ctx.barrier()
-    trainer = Trainer(config, out, ctx, progress)
+    trainer = Trainer(config, out, ctx, progress)  # opens the data: bad input fails here
+    if ctx.is_main:
+        _clear_run_folder(out, overwrite)
+    ctx.barrier()
     if ctx.is_main:
         write_config(
             config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
@@ -397,7 +442,7 @@ def resume(out: str | Path, progress: bool = True, epochs: int | None = None) ->
         values["epochs"] = epochs
     config = TrainConfig.from_dict(values, str(out / "config.yaml"))
     ctx = init_distributed(resolve_device(config.device))
-    trainer = Trainer(config, out, ctx, progress)
+    trainer = Trainer(config, out, ctx, progress, resuming=read_checkpoint(out / "last.pt"))
     trainer.load_training_state(out / "last.pt")
     if epochs is not None and ctx.is_main:
         write_config(
