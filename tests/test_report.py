@@ -252,3 +252,23 @@ def test_report_leaves_a_train_mode_model_as_found_and_shows_two_channel_images(
     assert "Deletion and insertion: two" in html
     deletion = (tmp_path / "report" / "tables" / "two_deletion.csv").read_text()
     assert "input_x_gradient" in deletion
+
+
+def test_named_images_are_all_shown_and_user_figures_are_kept(
+    run_cli, run_folder, make_dataset, tmp_path, capsys
+):
+    data = make_dataset(count=3, size=(32, 32), splits={"test": ["s00", "s01", "s02"]})
+    out = tmp_path / "three"
+    args = ["report", "--checkpoint", str(run_folder / "best.pt"), "--data", str(data),
+            "--images", "s00,s01,s02", "--methods", "saliency", "--sanity-images", "0",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert run_cli(args) == 0
+    html = (out / "report.html").read_text()
+    assert all(stem in html for stem in ("s00", "s01", "s02"))
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "figures" / "plot.png").write_bytes(b"my figure")
+    args[args.index(str(out))] = str(mine)
+    assert run_cli(args) == 2
+    assert "already holds figures" in capsys.readouterr().err
+    assert (mine / "figures" / "plot.png").read_bytes() == b"my figure"

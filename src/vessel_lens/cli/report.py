@@ -46,7 +46,9 @@ def report(
         list[str] | None,
         typer.Option(help="Image stems to show (repeat, or separate by commas)."),
     ] = None,
-    max_images: Annotated[int, typer.Option(help="Show at most this many images.")] = 2,
+    max_images: Annotated[
+        int, typer.Option(help="Show at most this many images (when --images is not given).")
+    ] = 2,
     crop: Annotated[
         int, typer.Option(help="Use the centred CROP x CROP part of each image (0: whole).")
     ] = 0,
@@ -148,7 +150,9 @@ def report(
         if missing:
             raise DataError(f"image {missing[0]!r} is not in split {split!r} of {dataset.name}")
         samples = [by_stem[stem] for stem in wanted]
-    samples = [crop_sample(s, crop) for s in samples[:max_images]]
+    else:
+        samples = samples[:max_images]
+    samples = [crop_sample(s, crop) for s in samples]
     description = {
         "checkpoint": str(ckpt.path),
         "model": f"{ckpt.model_name}({', '.join(f'{k}={v}' for k, v in ckpt.model_kwargs.items())})",

@@ -249,14 +249,19 @@ def _image_part(
 
 
 def check_output(out: Path, overwrite: bool) -> Path:
-    """Refuse a folder that already holds a report unless ``overwrite``."""
+    """Refuse a folder that already holds a report, or figures/ or tables/ a report would
+    write into, unless ``overwrite``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    if (out / REPORT_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"{out}: already holds {REPORT_FILE}; choose another folder or pass --overwrite"
-        )
+    if overwrite:
+        return out
+    for name in (REPORT_FILE, "figures", "tables"):
+        path = out / name
+        if path.exists() and (path.is_file() or any(path.iterdir())):
+            raise ConfigError(
+                f"{out}: already holds {name}; choose another folder or pass --overwrite"
+            )
     return out
 
 

@@ -127,9 +127,14 @@ def sanity_section(
 ) -> tuple[str, list[Path]]:
     """Randomisation test (both modes) for every chosen pixel, and deletion/insertion curves
     of the first pixel ordered by the attributions in ``first_maps``."""
+    from vessel_lens.viz.report import report_method_options  # (report imports this module)
+
     stem = sample.stem
     height, width = sample.size
     targets = [pixel_target(r, c, (height, width)) for r, c, _ in pixels]
+    settings = {
+        m: report_method_options(m, height, width, options.seed) for m in options.sanity_methods
+    }
     runs = []
     for mode in ("cascading", "independent"):
         bar.set_postfix_str(f"{stem} {mode} randomisation")
@@ -142,6 +147,7 @@ def sanity_section(
                 mode,
                 seed=options.seed,
                 rf_fraction=options.threshold,
+                method_options=settings,
             )
         )
         bar.update(1)
