@@ -303,3 +303,38 @@ def test_missing_file_and_folder_are_refused(tmp_path):
     folder.mkdir()
     with pytest.raises(DataError, match="not a file"):
         read_image(folder)
+
+
+# --- wide integers and two-channel pages ---------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+def test_wide_integer_tiff_is_refused_not_flattened(tmp_path, write_image, dtype):
+    raw = (np.arange(32 * 32).reshape(32, 32) * 50).astype(dtype)
+    path = write_image(tmp_path / "wide.tif", raw)
+    with pytest.raises(DataError, match="convert the image to 8- or 16-bit") as info:
+        read_image(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    assert f"{np.dtype(dtype).itemsize * 8}-bit integer" in message
+
+
+def test_wide_integer_mask_still_reads(tmp_path, write_image):
+    raw = np.zeros((16, 16), dtype=np.int32)
+    raw[3:6] = 70_000
+    mask, info = read_mask(write_image(tmp_path / "m.tif", raw))
+    np.testing.assert_array_equal(mask, raw != 0)
+    assert info.binary
+
+
+@pytest.mark.parametrize(
+    ("shape", "planarconfig"), [((64, 64, 2), "contig"), ((2, 64, 64), "separate")]
+)
+def test_two_channel_page_reports_its_channels_not_a_thin_image(tmp_path, shape, planarconfig):
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(
+        path, np.zeros(shape, dtype=np.uint8), photometric="minisblack", planarconfig=planarconfig
+    )
+    with pytest.raises(DataError, match="2 channels; expected 1, 3 or 4") as info:
+        read_image(path)
+    assert str(path) in str(info.value)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage.morphology import skeletonize
 
-from vessel_lens.data import index_dataset, load_samples
+from vessel_lens.data import index_dataset, load_samples, synthetic
 from vessel_lens.data.source import open_dataset, synthetic_dataset
-from vessel_lens.data.synthetic import synthesize, write_synthetic_dataset
+from vessel_lens.data.synthetic import MAX_SIZE, synthesize, write_synthetic_dataset
 from vessel_lens.errors import ConfigError
 
 
@@ -88,3 +88,85 @@ def test_embedded_default_dataset_is_split_and_reproducible():
     for stem, sample in first.samples.items():
         assert sample.image.shape == (1, 32, 32)
         assert np.array_equal(sample.image.numpy(), second.samples[stem].image.numpy())
+
+
+# --- everything is checked before anything is created --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"size": 8}, "below the minimum of 16"),
+        ({"size": MAX_SIZE + 1}, f"above the limit of {MAX_SIZE}"),
+        ({"size": 100_000}, f"above the limit of {MAX_SIZE}"),
+        ({"seed": -1}, "--seed -1"),
+        ({"count": 0}, "--count 0"),
+    ],
+)
+def test_bad_options_create_nothing_and_the_rerun_works(tmp_path, options, problem):
+    out = tmp_path / "deep" / "synth"
+    with pytest.raises(ConfigError, match=problem):
+        write_synthetic_dataset(out, **{"count": 2, "size": 32, **options}, progress=False)
+    assert not (tmp_path / "deep").exists()
+    assert write_synthetic_dataset(out, count=2, size=32, progress=False) == [
+        "synth0000",
+        "synth0001",
+    ]
+
+
+def test_too_large_sample_is_refused_before_allocating():
+    with pytest.raises(ConfigError, match=f"above the limit of {MAX_SIZE}"):
+        synthesize(100_000)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        write_synthetic_dataset(out, count=1, size=32, progress=False)
+    assert out.read_text() == "mine"
+    with pytest.raises(ConfigError, match="cannot create the folder"):
+        write_synthetic_dataset(out / "inside", count=1, size=32, progress=False)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("user_file", ["labels/synth0000.png", "skeletons/x.png", "notes.txt"])
+def test_non_empty_out_is_refused_and_changes_nothing(tmp_path, user_file):
+    out = tmp_path / "mine"
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (out / user_file).write_bytes(b"user data")
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        write_synthetic_dataset(out, count=1, size=32, progress=False)
+    assert [p for p in out.rglob("*") if p.is_file()] == [out / user_file]
+    assert (out / user_file).read_bytes() == b"user data"
+
+
+def test_empty_existing_folder_is_used(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert write_synthetic_dataset(out, count=1, size=32, progress=False) == ["synth0000"]
+    assert (out / "images" / "synth0000.png").is_file()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_failure_midway_leaves_nothing_that_blocks_a_retry(tmp_path, monkeypatch, existed):
+    out = tmp_path / "synth"
+    if existed:
+        out.mkdir()
+    real = synthetic.synthesize
+    calls = []
+
+    def failing(size, seed=0):
+        calls.append(seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(size, seed)
+
+    monkeypatch.setattr(synthetic, "synthesize", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_dataset(out, count=3, size=32, progress=False)
+    assert out.is_dir() == existed  # a folder the user made stays; one this call made goes
+    if existed:
+        assert not any(out.iterdir())
+    monkeypatch.setattr(synthetic, "synthesize", real)
+    assert len(write_synthetic_dataset(out, count=3, size=32, progress=False)) == 3

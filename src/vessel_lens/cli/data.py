@@ -44,10 +44,10 @@ def check(
 
 
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to create (must not already hold a dataset).")],
+    out: Annotated[Path, typer.Option(help="Folder to create (must not exist, or be empty).")],
     count: Annotated[int, typer.Option(help="Number of images.")] = 32,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels (16 to 4096).")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed (zero or positive).")] = 0,
 ) -> int:
     """Write a synthetic vessel dataset (images, labels, skeletons as PNG)."""
     from vessel_lens.data.synthetic import write_synthetic_dataset

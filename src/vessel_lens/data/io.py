@@ -5,8 +5,9 @@ Images become ``float32`` arrays of shape (C, H, W) with values in [0, 1]; masks
 
 Scaling rules (documented in the README):
 
-- unsigned and signed integers are scaled by the range of their dtype (uint8 / 255,
-  uint16 / 65535, ...);
+- 8- and 16-bit unsigned and signed integers are scaled by the range of their dtype
+  (uint8 / 255, uint16 / 65535, int16 by -32768..32767); wider integers (int32, uint32, ...)
+  are refused, since scaled by their range they would come out nearly constant;
 - booleans map to {0, 1};
 - floating-point images already in [0, 1] are kept; others are min-max scaled to [0, 1];
   NaN or infinite pixels are refused.
@@ -32,6 +33,10 @@ MAX_SIDE = 4096
 MIN_SIDE = 16
 """Smallest accepted image side in pixels."""
 MAX_FILE_BYTES = 256 * 1024 * 1024
+
+CHANNEL_COUNTS = (1, 2, 3, 4)
+"""Axis lengths taken for a channel axis (first or last) of a 3-D TIFF page; 2 is recognised
+only so that its file is refused as having 2 channels rather than mistaken for a thin image."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -83,16 +88,23 @@ def _read_tiff(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
             shape = page.shape
             if len(shape) < 2:
                 raise DataError(f"{path}: TIFF page has shape {shape}, not an image")
-            spatial = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[-2:]
+            spatial = shape[-2:] if _channels_first(shape) else shape[:2]
             _check_shape(path, int(spatial[0]), int(spatial[1]))
             array = page.asarray()
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read TIFF ({_short(exc)})") from None
-    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+    if _channels_first(array.shape):
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    """Whether a 3-D page is (C, H, W): its last axis is no channel axis but its first is.
+
+    (H, W, C) wins when both ends could be channels."""
+    return len(shape) == 3 and shape[-1] not in CHANNEL_COUNTS and shape[0] in CHANNEL_COUNTS
 
 
 def _read_pil(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
@@ -108,6 +120,8 @@ def _read_pil(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
                     img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
                 img.load()
                 array = np.asarray(img)
+                if img.mode == "I" and img.format == "PNG":
+                    array = array.astype(np.uint16)  # 16-bit grey PNG, decoded as 32-bit
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -160,6 +174,11 @@ def scale_to_unit(array: np.ndarray, path: str | Path = "image") -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
+        if array.dtype.itemsize > 2:
+            raise DataError(
+                f"{path}: {array.dtype.itemsize * 8}-bit integer pixels ({array.dtype}) are "
+                "not supported; convert the image to 8- or 16-bit integers or to float"
+            )
         info = np.iinfo(array.dtype)
         scaled = (array.astype(np.float64) - info.min) / float(info.max - info.min)
         return scaled.astype(np.float32)

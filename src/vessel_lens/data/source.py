@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from vessel_lens.data.index import index_dataset
+from vessel_lens.data.index import SPLIT_NAMES, index_dataset
 from vessel_lens.data.samples import Sample, load_samples
 from vessel_lens.data.splits import resolve_splits, seeded_split
 from vessel_lens.data.synthetic import synthesize
-from vessel_lens.errors import DataError
+from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.models.checkpoint import Checkpoint
 
 SYNTHETIC = "synthetic"
@@ -34,6 +34,8 @@ class LoadedDataset:
     def subset(self, split: str | None) -> list[Sample]:
         if split in (None, "all"):
             return list(self.samples.values())
+        if split not in SPLIT_NAMES:
+            raise ConfigError(f"--split {split!r}: use one of {', '.join(SPLIT_NAMES)}, all")
         stems = self.splits.get(split, [])
         if not stems:
             raise DataError(f"{self.name}: split {split!r} is empty")

@@ -20,6 +20,12 @@ from tqdm import tqdm
 
 from vessel_lens.errors import ConfigError
 
+MIN_SIZE = 16
+"""Smallest synthetic image side in pixels."""
+MAX_SIZE = 4096
+"""Largest synthetic image side in pixels (the largest side :mod:`vessel_lens.data.io` reads);
+one 4096 x 4096 sample takes about 1 GiB of memory while it is generated."""
+
 
 @dataclass(frozen=True)
 class SyntheticVessels:
@@ -72,10 +78,18 @@ def _walk_trees(size: int, rng: np.random.Generator) -> list[tuple[float, float,
     return points
 
 
+def _check_size(size: int) -> None:
+    if size < MIN_SIZE:
+        raise ConfigError(f"synthetic image size {size} is below the minimum of {MIN_SIZE}")
+    if size > MAX_SIZE:
+        raise ConfigError(f"synthetic image size {size} is above the limit of {MAX_SIZE}")
+
+
 def synthesize(size: int = 256, seed: int = 0) -> SyntheticVessels:
     """Generate one ``size`` x ``size`` sample, reproducible by ``seed``."""
-    if size < 16:
-        raise ConfigError(f"synthetic image size {size} is below the minimum of 16")
+    _check_size(size)
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: must be zero or positive")
     rng = np.random.default_rng(seed)
     points = np.array(_walk_trees(size, rng), dtype=np.float64).reshape(-1, 4)
     centre = np.zeros((size, size), dtype=bool)
@@ -109,28 +123,84 @@ def synthesize(size: int = 256, seed: int = 0) -> SyntheticVessels:
     return SyntheticVessels(image, label, skeletonize(label))
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file or a folder that already holds anything."""
+    if not out.exists():
+        if out.is_symlink():
+            raise ConfigError(f"{out}: is a broken link; choose another --out")
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot list the folder ({exc.strerror or exc})") from None
+    if "images" in entries:
+        raise ConfigError(f"{out}: already holds a dataset (images/); choose another --out")
+    if entries:
+        raise ConfigError(
+            f"{out}: already exists and is not empty (holds {entries[0]!r}); "
+            "choose a new or empty folder for --out"
+        )
+
+
 def write_synthetic_dataset(
     out: Path, count: int = 32, size: int = 256, seed: int = 0, progress: bool = True
 ) -> list[str]:
     """Write ``count`` samples as a VessMAP-like folder (PNG files); return the stems.
 
-    Refuses to write into a folder that already holds an ``images/`` folder.
+    ``out`` must not exist or be an empty folder: every option is checked before anything is
+    created, and a failed run removes what it wrote (never anything that was there before), so
+    it can simply be run again.
     """
     if count < 1:
         raise ConfigError(f"--count {count}: must be at least 1")
+    _check_size(size)
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: must be zero or positive")
     out = Path(out)
-    if (out / "images").exists():
-        raise ConfigError(f"{out}: already holds a dataset (images/); choose another --out")
-    for sub in ("images", "labels", "skeletons"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    stems = [f"synth{i:04d}" for i in range(count)]
-    for i, stem in enumerate(tqdm(stems, desc="synthesising", unit="img", disable=not progress)):
-        sample = synthesize(size, seed=seed * 100_003 + i)
-        Image.fromarray(np.round(sample.image * 255).astype(np.uint8)).save(
-            out / "images" / f"{stem}.png"
-        )
-        Image.fromarray(sample.label.astype(np.uint8) * 255).save(out / "labels" / f"{stem}.png")
-        Image.fromarray(sample.skeleton.astype(np.uint8) * 255).save(
-            out / "skeletons" / f"{stem}.png"
-        )
+    _check_out(out)
+    created: list[Path] = []  # folders and files this call made, in order
+    try:
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            created += reversed(missing)
+            for sub in ("images", "labels", "skeletons"):
+                (out / sub).mkdir()
+                created.append(out / sub)
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+        stems = [f"synth{i:04d}" for i in range(count)]
+        for i, stem in enumerate(
+            tqdm(stems, desc="synthesising", unit="img", disable=not progress)
+        ):
+            sample = synthesize(size, seed=seed * 100_003 + i)
+            arrays = {
+                "images": np.round(sample.image * 255).astype(np.uint8),
+                "labels": sample.label.astype(np.uint8) * 255,
+                "skeletons": sample.skeleton.astype(np.uint8) * 255,
+            }
+            for sub, array in arrays.items():
+                path = out / sub / f"{stem}.png"
+                created.append(path)
+                try:
+                    Image.fromarray(array).save(path)
+                except OSError as exc:
+                    raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        _remove_created(created)
+        raise
     return stems
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove, newest first, the files and (then empty) folders a failed run made."""
+    for path in reversed(created):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # only if empty: never takes anything else with it
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
