@@ -268,3 +268,40 @@ def test_the_map_panel_request_shows_the_stored_count(erf):
         assert "showing 5 %" in figure["layout"]["title"]["text"]
     finally:
         app.vessel_lens_state.jobs.shutdown(wait=10)
+
+
+def test_files_of_another_image_with_the_same_name_are_not_used(erf, tmp_path):
+    """Map files and Jacobian stores match a view by its pixels, not only by the image name:
+    another synthetic dataset has the same stems but different images."""
+    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+
+    stem = erf.stems[0]
+    extract_jacobians(
+        ExtractConfig(
+            checkpoint=str(erf.checkpoint),
+            out=erf.maps.parent / "grads-same",
+            data=str(erf.data),
+            split="all",
+            images=[stem],
+            crop=CROP,
+            device="cpu",
+            progress=False,
+        )
+    )
+    other_data = tmp_path / "other"
+    write_synthetic_dataset(other_data, count=2, size=SIZE, seed=5, progress=False)
+    for folder in (erf.maps, erf.maps.parent / "grads-same"):
+        config = AppConfig(checkpoints=[str(erf.checkpoint)], data=str(other_data), erf=folder)
+        other = AppState(config)
+        try:
+            view = other.view(f"data/{stem}", "crop", CROP)[0]
+            assert (view.top, view.left) == ((SIZE - CROP) // 2,) * 2
+            assert other.maps_for("m0", view) is None and other.store_for("m0", view) is None
+        finally:
+            other.jobs.shutdown(wait=10)
+    same = make_state(erf, erf.maps.parent / "grads-same")
+    try:
+        view = same.view(f"data/{stem}", "crop", CROP)[0]
+        assert same.store_for("m0", view) is not None
+    finally:
+        same.jobs.shutdown(wait=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -218,3 +219,24 @@ def test_importing_the_command_does_not_import_dash():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_compute_global_max_also_computes_the_comparison_models(served):
+    """In global mode model B's thresholds need B's own maximum: the button computes both."""
+    state = served.app.vessel_lens_state
+    body = request_for(
+        served,
+        "global-status.children",
+        {"view-store.data": view_store(served), "model.value": "m0", "compare.value": "random"},
+    )
+    body["changedPropIds"] = ["global-compute.n_clicks"]
+    response = served.client.post(UPDATE, json=body)
+    assert response.status_code == 200
+    view = state.view(state.image_options()[0]["value"], "full")[0]
+    for _ in range(200):
+        if all(state.global_max(m, view)[0] is not None for m in ("m0", "random")):
+            break
+        time.sleep(0.05)
+    assert state.global_max("random", view)[0] is not None
+    text = served.client.post(UPDATE, json=body).get_json()["response"]["global-status"]
+    assert "A: global max" in text["children"] and "B: global max" in text["children"]

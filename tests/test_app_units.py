@@ -49,8 +49,11 @@ def test_cache_is_bounded_by_memory():
         cache.put(i, torch.zeros(250))  # 1000 bytes each
     assert len(cache) == 3 and cache.bytes == 3000
     assert [k for k, _ in cache.snapshot()] == [2, 3, 4]
+    # a value over the whole budget is kept alone (not rebuilt on every use)
     cache.put("huge", torch.zeros(10_000))
-    assert "huge" not in cache and cache.bytes == 3000
+    assert [k for k, _ in cache.snapshot()] == ["huge"] and cache.bytes == 40_000
+    cache.put(5, torch.zeros(250))
+    assert [k for k, _ in cache.snapshot()] == [5] and cache.bytes == 1000
 
 
 def test_cache_builds_a_missing_value_once_for_concurrent_callers():
@@ -320,3 +323,10 @@ def test_config_defaults_are_local_and_safe(tmp_path):
     ):
         with pytest.raises(ConfigError):
             AppConfig(**bad)
+
+
+def test_a_stored_crop_larger_than_max_side_is_refused_when_chosen():
+    view, _ = resolve_view("data/a", (64, 64), "store", max_side=32, box=(8, 8, 24, 24))
+    assert (view.top, view.height) == (8, 24)
+    with pytest.raises(ConfigError, match="larger than --max-side 32"):
+        resolve_view("data/a", (64, 64), "store", max_side=32, box=(0, 0, 48, 48))

@@ -122,7 +122,10 @@ class LRUCache:
             if old is not None:
                 self.bytes -= old[1]
             if self.max_bytes is not None and size > self.max_bytes:
-                return value
+                # kept alone rather than rebuilt on every use: the budget is exceeded by at
+                # most this one value, which is in memory while it is used anyway
+                self._data.clear()
+                self.bytes = 0
             self._data[key] = (value, size)
             self.bytes += size
             self._evict()

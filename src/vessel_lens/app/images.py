@@ -88,6 +88,11 @@ def resolve_view(
         t, le, h, w = (int(v) for v in box)
         if t < 0 or le < 0 or h < 1 or w < 1 or t + h > height or le + w > width:
             raise ConfigError(f"stored crop box {box} lies outside the {height}x{width} image")
+        if max(h, w) > max_side:
+            raise ConfigError(
+                f"the stored crop is {h}x{w}, larger than --max-side {max_side}; start the app "
+                "with a larger --max-side to view it"
+            )
         return View(key, t, le, h, w), ""
     if mode == "full" or mode == "store":
         if max(height, width) <= max_side:

@@ -81,8 +81,8 @@ def _significant(ctx: LayerContext) -> LayerResult:
             None,
             title,
             "needs every pixel's gradient: precompute them for this image, crop and "
-            f"checkpoint (vessel-lens jacobian --images {stem} --crop {view.height} ...) and "
-            "start the app with --erf on that folder",
+            f"checkpoint (vessel-lens jacobian{_data_option(state)} --split all --images {stem} "
+            f"--crop {view.height} ...) and start the app with --erf on that folder",
         )
     if ctx.mode == "global" and ctx.global_max is None:
         return LayerResult(None, title, "mode global: the global maximum is not known yet")
@@ -145,9 +145,16 @@ def _erf_howto(ctx: LayerContext) -> str:
     folder = state.config.erf or "DIR"
     return (
         f"no receptive-field map of this image, crop and checkpoint in --erf: run vessel-lens erf "
-        f"--checkpoint {entry.spec or '...'} --images {stem} {crop} --out {folder} "
-        "(centred crops or --full) and start the app with --erf on that folder"
+        f"--checkpoint {entry.spec or '...'}{_data_option(state)} --split all --images {stem} "
+        f"{crop} --out {folder} (centred crops or --full) and start the app with --erf on that "
+        "folder"
     )
+
+
+def _data_option(state) -> str:
+    """`` --data X`` for the app's dataset (nothing for the default synthetic vessels)."""
+    data = getattr(state.config, "data", None)
+    return f" --data {data}" if data else ""
 
 
 def _erf_maps(ctx: LayerContext, title: str):

@@ -194,12 +194,14 @@ class AppState:
         return key
 
     def stored_box(self, key: str) -> tuple[int, int, int, int] | None:
-        """The crop box of a precomputed store for this image (the first one found)."""
+        """The crop box of a precomputed file for this image: the first finished store, else
+        the first map file."""
         if key.startswith("store/"):
             store = self._store_by_name(key[6:])
             return None if store is None else (0, 0, store.crop_box[2], store.crop_box[3])
         if key.startswith("data/"):
-            stored = self.stores.for_stem(key[5:]) or self.erf_maps.for_stem(key[5:])
+            finished = [s for s in self.stores.for_stem(key[5:]) if s.complete]
+            stored = finished or self.erf_maps.for_stem(key[5:])
             return stored[0].crop_box if stored else None
         return None
 
@@ -221,16 +223,26 @@ class AppState:
             return view.key[5:], (view.top, view.left, view.height, view.width)
         return None
 
+    def view_hash(self, view: View) -> str:
+        """Fingerprint of the view's pixels, as precomputed files record theirs."""
+        from vessel_lens.interpret.extract import image_hash
+
+        return image_hash(view.crop(self.sample(view.key).image))
+
     def store_for(self, model_key: str, view: View) -> StoredJacobian | None:
         entry = self.model(model_key)
         source = self.view_source(view)
-        return None if source is None else self.stores.match(*source, entry.weights_hash)
+        if source is None:
+            return None
+        return self.stores.match(*source, entry.weights_hash, self.view_hash(view))
 
     def maps_for(self, model_key: str, view: View) -> StoredMaps | None:
         """The receptive-field map file (``vessel-lens erf``) of this view and model, if any."""
         entry = self.model(model_key)
         source = self.view_source(view)
-        return None if source is None else self.erf_maps.match(*source, entry.weights_hash)
+        if source is None:
+            return None
+        return self.erf_maps.match(*source, entry.weights_hash, self.view_hash(view))
 
     def engine(self, model_key: str, view: View):
         from vessel_lens.interpret import JacobianEngine

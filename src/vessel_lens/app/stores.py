@@ -24,6 +24,7 @@ import torch
 
 from vessel_lens.app.cache import LRUCache, held_bytes
 from vessel_lens.errors import DataError
+from vessel_lens.interpret.extract import image_hash
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude, threshold_value
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class StoredJacobian:
     complete: bool
     rows: int
     source_shape: tuple[int, ...]
+    image_hash: str
 
     @property
     def full(self) -> bool:
@@ -58,12 +60,16 @@ class StoredJacobian:
         return self.rows * int(np.prod(self.source_shape)) * 4
 
 
-def _matches(entry, stem: str, box: tuple[int, ...], weights_hash: str | None) -> bool:
-    """Whether a stored file (store or map file) is of this image and crop, made with these
-    weights, for the vessel probability (class 1): the quantity the app differentiates."""
+def _matches(
+    entry, stem: str, box: tuple[int, ...], weights_hash: str | None, image_hash: str | None
+) -> bool:
+    """Whether a stored file (store or map file) is of this image and crop (the same pixel
+    values, not only the same name), made with these weights, for the vessel probability
+    (class 1): the quantity the app differentiates."""
     return (
         entry.stem == stem
         and entry.crop_box == tuple(box)
+        and (image_hash is None or entry.image_hash == image_hash)
         and weights_hash is not None
         and entry.weights_hash == weights_hash
         and entry.output == "probability"
@@ -133,16 +139,27 @@ class StoreIndex:
             complete=store.complete,
             rows=store.rows,
             source_shape=tuple(int(v) for v in attrs["source_shape"]),
+            image_hash=str(attrs.get("image_hash", ""))
+            or image_hash(torch.from_numpy(np.asarray(store.group["image"][...], np.float32))),
         )
 
     def for_stem(self, stem: str) -> list[StoredJacobian]:
         return [s for s in self.stores if s.stem == stem]
 
     def match(
-        self, stem: str, box: tuple[int, int, int, int], weights_hash: str | None
+        self,
+        stem: str,
+        box: tuple[int, int, int, int],
+        weights_hash: str | None,
+        image_hash: str | None = None,
     ) -> StoredJacobian | None:
-        """A finished store of this image and crop, computed with these weights."""
-        found = (s for s in self.stores if s.complete and _matches(s, stem, box, weights_hash))
+        """A finished store of this image and crop, computed with these weights (and, when
+        ``image_hash`` is given, from these pixel values)."""
+        found = (
+            s
+            for s in self.stores
+            if s.complete and _matches(s, stem, box, weights_hash, image_hash)
+        )
         return next(found, None)
 
     def _load(self, store: StoredJacobian) -> _Loaded:
@@ -230,6 +247,7 @@ class StoredMaps:
     mode: str
     channels: str
     mass_fractions: tuple[float, ...]
+    image_hash: str
 
 
 class MapIndex:
@@ -264,16 +282,23 @@ class MapIndex:
             mode=str(header["mode"]),
             channels=str(header.get("channels", "sum")),
             mass_fractions=tuple(float(f) for f in header.get("mass_fractions", ())),
+            image_hash=str(header.get("image_hash", "")),  # files without one never match
         )
 
     def for_stem(self, stem: str) -> list[StoredMaps]:
         return [m for m in self.maps if m.stem == stem]
 
     def match(
-        self, stem: str, box: tuple[int, int, int, int], weights_hash: str | None
+        self,
+        stem: str,
+        box: tuple[int, int, int, int],
+        weights_hash: str | None,
+        image_hash: str | None = None,
     ) -> StoredMaps | None:
-        """The map file of this image and crop, computed with these weights."""
-        return next((m for m in self.maps if _matches(m, stem, box, weights_hash)), None)
+        """The map file of this image and crop, computed with these weights (and, when
+        ``image_hash`` is given, from these pixel values)."""
+        found = (m for m in self.maps if _matches(m, stem, box, weights_hash, image_hash))
+        return next(found, None)
 
     def load(self, entry: StoredMaps):
         """The file's :class:`~vessel_lens.interpret.ReceptiveFieldMaps` (cached);

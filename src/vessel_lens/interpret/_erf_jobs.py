@@ -16,7 +16,7 @@ import torch
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret.erf_maps import summarise
 from vessel_lens.interpret.erf_store import erf_path, publish, read_erf_metadata
-from vessel_lens.interpret.extract import _hash, crop_box, provenance
+from vessel_lens.interpret.extract import _hash, crop_box, image_hash, provenance
 
 COMPARED = (
     "source",
@@ -88,6 +88,7 @@ def model_jobs(config, checkpoint) -> list[Job]:
             "pixels_hash": _hash(pixels.tolist()),
         }
         image = sample.image[:, top : top + h, left : left + w].float()
+        attrs["image_hash"] = image_hash(image)
         jobs.append(Job(sample.stem, erf_path(config.out, sample.stem), attrs, image, pixels))
     return jobs
 
@@ -142,8 +143,19 @@ def store_jobs(config) -> list[Job]:
             if key not in ("format", "rows", "chunk_rows", "source_shape")
         }
         attrs.update(source="jacobian", jacobian_store=str(store.path), **_settings(config))
+        if "image_hash" not in attrs:  # stores written before image fingerprints
+            attrs["image_hash"] = image_hash(_store_image(store.path))
         jobs.append(Job(store.stem, erf_path(config.out, store.stem), attrs, store=store.path))
     return jobs
+
+
+def _store_image(path: Path) -> torch.Tensor:
+    import numpy as np
+
+    from vessel_lens.interpret.store import JacobianStore
+
+    group = JacobianStore.open(path, mode="r").group
+    return torch.from_numpy(np.asarray(group["image"][...], dtype=np.float32))
 
 
 def needs_work(config, job: Job) -> bool:

@@ -126,6 +126,13 @@ def provenance(checkpoint, output: str, target_class: int, dtype: str) -> dict[s
     }
 
 
+def image_hash(image: torch.Tensor) -> str:
+    """Fingerprint of the (C, H, W) input a file was computed from (float32 values), so that a
+    file is never taken for another image that happens to share its name."""
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state_dict):
@@ -201,6 +208,7 @@ def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Jo
             "image_path": image_path,
             "stem": sample.stem,
             "crop_box": [top, left, h, w],
+            "image_hash": image_hash(image),
             "pixel_stride": config.pixel_stride,
             "pixels_hash": _hash(pixels.tolist()),
         }
