@@ -289,3 +289,77 @@ def test_models_without_per_pixel_logits_are_refused(image):
         jacobian(nn.Conv2d(1, 1, 3, padding=1), image, target_class=0)
     with pytest.raises(ConfigError, match="image"):
         jacobian(nn.Conv2d(1, 2, 3, padding=1), torch.rand(1, 1, 1, 8, 8))
+
+
+class _Pieces(nn.Module):
+    """Two convolutions and a 1x1 head on a 2-channel 8x10 image; ``kind`` picks how they meet."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(5)
+        self.kind = kind
+        self.a = nn.Conv2d(2, 4, 3, padding=1)
+        self.b = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+        self.register_buffer("plane", torch.rand(8, 10) + 0.5)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.kind == "detach":
+            y = y * self.b(x).detach()
+        elif self.kind == "no_grad":
+            with torch.no_grad():
+                gate = torch.sigmoid(self.b(x))
+            y = y * gate
+        elif self.kind == "in_place_on_a_slice":
+            y[:, :2].mul_(3.0)
+        elif self.kind == "in_place_through_a_view":
+            view = y[:, :, 2:5]
+            view.relu_()
+        elif self.kind == "times_a_plane":
+            y = y * self.plane
+        elif self.kind == "divided_by_a_plane":
+            y = y / self.plane[None]
+        return self.head(y)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["detach", "no_grad", "in_place_on_a_slice", "in_place_through_a_view", "times_a_plane",
+     "divided_by_a_plane"],
+)  # fmt: skip
+@pytest.mark.parametrize("chunk_size", [1, 3, None])
+def test_auto_is_exact_for_detach_no_grad_in_place_views_and_plane_factors(kind, chunk_size):
+    """Such models are either linearised correctly or handed to vmap, never silently wrong."""
+    model = _Pieces(kind).eval()
+    image = torch.randn(2, 8, 10, generator=torch.Generator().manual_seed(1))
+    pixels = torch.tensor([0, 17, 45, 79])
+
+    def quantity(logits):
+        return logits.softmax(1)[0, 1]
+
+    expected = reference_rows(model, image, pixels, quantity)
+    close(jacobian(model, image, pixels=pixels, chunk_size=chunk_size), expected)
+
+
+def test_layer_rows_survive_an_in_place_operation_after_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(3, 2, 3, padding=1)
+    ).eval()
+    image = torch.rand(1, 8, 8)
+    rows = {
+        s: jacobian(model, image, pixels=[9, 40], layer="0", strategy=s) for s in ("vmap", "loop")
+    }
+    close(rows["vmap"], rows["loop"])
+    plain = nn.Sequential(model[0], nn.ReLU(), model[2]).eval()
+    close(rows["loop"], jacobian(plain, image, pixels=[9, 40], layer="0", strategy="linear"))
+
+
+def test_a_boolean_mask_selects_its_pixels(resnet, image):
+    mask = torch.zeros(image.shape[-2:], dtype=torch.bool)
+    mask[3, 4] = mask[10, 1] = True
+    flat = [3 * image.shape[-1] + 4, 10 * image.shape[-1] + 1]
+    close(jacobian(resnet, image, pixels=mask), jacobian(resnet, image, pixels=flat))
+    with pytest.raises(ConfigError, match="boolean mask"):
+        jacobian(resnet, image, pixels=torch.tensor([True, False, True]))

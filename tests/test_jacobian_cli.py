@@ -103,9 +103,11 @@ def test_finished_stores_are_skipped_never_silently_replaced(setup, capsys):
     capsys.readouterr()
     run(*args)
     assert "computed 0 block(s)" in capsys.readouterr().out
+    settings = (out / "jacobian-run.json").read_text()
     with pytest.raises(ConfigError, match="finished Jacobian computed with different output"):
         run(*args, "--output", "logit")
     assert torch.equal(load_jacobian(out / "s00.zarr")[0], first)
+    assert (out / "jacobian-run.json").read_text() == settings  # a refused run changes nothing
     run(*args, "--output", "logit", "--overwrite")
     rows, meta = load_jacobian(out / "s00.zarr")
     assert meta["output"] == "logit" and not torch.equal(rows, first)
@@ -124,6 +126,12 @@ def test_store_interrupted_while_being_created_is_rebuilt_but_other_folders_are_
     with pytest.raises(DataError, match="not a readable Jacobian store"):
         run(*args)
     assert (out / "s00.zarr" / "notes.txt").read_text() == "mine"
+    shutil.rmtree(out / "s00.zarr")
+    (out / "s00.zarr").write_text("a file of mine")
+    with pytest.raises((DataError, ConfigError)) as info:
+        run(*args, "--overwrite")
+    assert "s00.zarr" in str(info.value) and "\n" not in str(info.value)
+    assert (out / "s00.zarr").read_text() == "a file of mine"
 
 
 def test_bad_options_are_reported(setup):

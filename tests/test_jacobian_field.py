@@ -91,3 +91,24 @@ def test_overlap_test_uses_the_bound():
 def test_unknown_method_is_refused():
     with pytest.raises(ConfigError, match="method"):
         receptive_field(TinyEncoderDecoder(), 16, method="guess")
+
+
+class StridedSlice(nn.Module):
+    """Every third row and every other column, resized back: a slice with a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 3, 1)
+        self.b = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)[:, :, 1::3, ::2]
+        return self.b(nn.functional.interpolate(y, size=x.shape[-2:]))
+
+
+def test_rows_vanish_outside_the_bound_of_a_strided_slice():
+    torch.manual_seed(0)
+    model = StridedSlice().eval()
+    field = receptive_field(model, 12)
+    rows = jacobian(model, torch.rand(1, 12, 12), strategy="vmap")
+    assert float(outside(rows, field.boxes).max()) == 0.0

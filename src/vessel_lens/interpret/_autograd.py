@@ -25,7 +25,8 @@ def forward_from(
         return model
 
     def run(features: torch.Tensor) -> torch.Tensor:
-        handle = layer.register_forward_hook(lambda module, inputs, output: features)
+        # a copy, so that in-place operations of the model never touch the leaf
+        handle = layer.register_forward_hook(lambda module, inputs, output: features.clone())
         try:
             return model(batch)
         finally:

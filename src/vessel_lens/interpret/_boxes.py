@@ -138,7 +138,11 @@ def _input_boxes(
         elif func is aten.constant_pad_nd.default:
             pad = list(entry.args[1]) + [0] * 4
             new = box - torch.tensor([pad[2], pad[2], pad[0], pad[0]])
-        elif func is aten.slice.Tensor and int(entry.args[1]) % 4 in (2, 3):
+        elif (
+            func is aten.slice.Tensor
+            and int(entry.args[1]) % 4 in (2, 3)
+            and (len(entry.args) < 5 or int(entry.args[4]) == 1)
+        ):
             dim = int(entry.args[1]) % 4
             start = entry.args[2] if len(entry.args) > 2 and entry.args[2] is not None else 0
             start = start + value.shape[dim] if start < 0 else start

@@ -30,7 +30,8 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def flat_pixels(pixels: object, height: int, width: int) -> torch.Tensor:
-    """``None`` (all, row-major), flat indices (N,) or (row, col) pairs (N, 2) → flat (N,)."""
+    """``None`` (all, row-major), flat indices (N,), (row, col) pairs (N, 2) or a boolean
+    (H, W) mask → flat (N,)."""
     if pixels is None:
         return torch.arange(height * width)
     tensor = torch.as_tensor(pixels)
@@ -38,6 +39,13 @@ def flat_pixels(pixels: object, height: int, width: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long)
     if tensor.is_floating_point() or tensor.is_complex():
         raise ConfigError("pixels must be integer indices, not floating-point values")
+    if tensor.dtype == torch.bool:
+        if tuple(tensor.shape) not in ((height, width), (height * width,)):
+            raise ConfigError(
+                f"pixels: a boolean mask must be {height}x{width} (or flat), "
+                f"not {tuple(tensor.shape)}"
+            )
+        return torch.nonzero(tensor.reshape(-1).cpu()).flatten()
     tensor = tensor.long().cpu()
     if tensor.dim() == 2 and tensor.shape[1] == 2:
         rows, cols = tensor[:, 0], tensor[:, 1]

@@ -97,6 +97,8 @@ def prepare(tape: Tape, dtype: torch.dtype) -> Prepared:
     """Check every operation between source and output has a rule; precompute coefficients."""
     if tape.output is None or tape.source < 0:
         raise Unsupported("the output is not computed from the input by recorded operations")
+    if tape.unsupported:
+        raise Unsupported(tape.unsupported)
     needed = needed_entries(tape)
     prepared = Prepared(tape, dtype, needed)
     users = tape.users()
@@ -138,6 +140,10 @@ def _group_siblings(prep: Prepared) -> None:
 
 def _prepare_entry(prep: Prepared, i: int, entry: Entry, users: list[list[int]]) -> None:
     func, dtype = entry.func, prep.dtype
+    if not entry.grad_enabled:
+        raise Unsupported(f"{entry.name} runs under torch.no_grad() inside the model")
+    if func is aten.detach.default:
+        raise Unsupported("the model detaches a tensor on the path to its output")
     value = entry.value[0] if isinstance(entry.value, (tuple, list)) else entry.value
     if not _is_4d(value) and func not in IDENTITY:
         raise Unsupported(f"{entry.name} produces a {tuple(value.shape)} tensor (not 1xCxHxW)")
@@ -218,6 +224,10 @@ def _prepare_binary(prep: Prepared, i: int, entry: Entry) -> None:
     for ref in (b, a) if entry.func is aten.mul.Tensor else (b,):
         value = prep.tape.value(ref) if isinstance(ref, Ref) else ref
         if isinstance(value, torch.Tensor):
+            if value.dim() < 4 and value.numel() > 1:  # (H, W), (C, 1, 1), ...: as 4-D
+                value = value.reshape((1,) * (4 - value.dim()) + tuple(value.shape))
+            if value.dim() != 4 and value.numel() > 1:
+                raise Unsupported(f"{entry.name} with a factor of {value.dim()} dimensions")
             if value.dim() == 4 and spatial(value) not in ((1, 1), spatial(entry.value)):
                 raise Unsupported(f"{entry.name} with an unusual broadcast")
             value = value.detach().to(prep.dtype)

@@ -38,6 +38,8 @@ class Entry:
     kwargs: dict
     value: Any
     name: str = ""
+    grad_enabled: bool = True
+    """Whether gradients were enabled when the model ran it (False inside its own no_grad)."""
 
     def tensor(self, index: int | None = None) -> torch.Tensor:
         return self.value if index is None else self.value[index]
@@ -51,6 +53,8 @@ class Tape:
     source: int = -1
     output: Ref | None = None
     result: Any = None
+    unsupported: str = ""
+    """Why the tape cannot be linearised whatever the path (e.g. an in-place write to a view)."""
 
     def value(self, ref: Ref) -> torch.Tensor:
         return self.entries[ref.node].tensor(ref.index)
@@ -112,12 +116,15 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         functional = _functional_form(func)
         if functional is not None and args and isinstance(args[0], torch.Tensor):
+            if self._aliased(args[0]) and not self.tape.unsupported:
+                self.tape.unsupported = f"{func} writes in place into a view of another tensor"
             self._snapshot(args[0])
         out = func(*args, **kwargs)
         rec_args, rec_kwargs = pytree.tree_map(self._ref, (args, kwargs))
         node = len(self.tape.entries)
         recorded = functional or func
-        self.tape.entries.append(Entry(recorded, rec_args, rec_kwargs, out, str(recorded)))
+        entry = Entry(recorded, rec_args, rec_kwargs, out, str(recorded), torch.is_grad_enabled())
+        self.tape.entries.append(entry)
         if isinstance(out, torch.Tensor):
             self.producer[id(out)] = Ref(node)
             self.keep.append(out)
@@ -127,6 +134,18 @@ class _Recorder(TorchDispatchMode):
                     self.producer[id(item)] = Ref(node, i)
                     self.keep.append(item)
         return out
+
+    def _aliased(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` shares memory with another recorded tensor (a view, or the base
+        of one): an in-place write then changes values the tape holds elsewhere."""
+        if tensor._is_view():
+            return True
+        pointer = tensor.untyped_storage().data_ptr()
+        return any(
+            kept is not tensor and kept.untyped_storage().data_ptr() == pointer
+            for kept in self.keep
+            if kept.device == tensor.device
+        )
 
     def _snapshot(self, tensor: torch.Tensor) -> None:
         """Before an in-place op overwrites a recorded tensor, keep its old value on the tape
@@ -176,7 +195,9 @@ def record(model: nn.Module, image: torch.Tensor, layer: nn.Module | None = None
 
         handle = layer.register_forward_hook(substitute)
     try:
-        with torch.no_grad(), recorder:
+        # gradients enabled (nothing requires grad, so no graph is built) so that the parts of
+        # the model that run under their own torch.no_grad() are recognised
+        with torch.enable_grad(), recorder:
             output = model(batch)
     finally:
         if handle is not None:

@@ -178,9 +178,9 @@ def run_erf(config: ErfConfig) -> ErfResult:
     error = None
     if ctx.is_main:
         try:
-            write_run_config(config, ctx.device, ctx.world_size)
             for job in jobs:
                 needs_work(config, job)
+            write_run_config(config, ctx.device, ctx.world_size)  # once every file is accepted
         except VesselLensError as exc:
             error = exc
     _agree(ctx, error)

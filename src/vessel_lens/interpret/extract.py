@@ -303,9 +303,9 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
     error = None
     if ctx.is_main:
         try:
-            _write_run_config(config)
             for job in jobs:
                 _prepare_store(config, job, model, ctx.device, config.chunk_rows)
+            _write_run_config(config)  # only once every store was accepted
         except VesselLensError as exc:
             error = exc
     _agree(ctx, error)

@@ -77,6 +77,8 @@ class JacobianStore:
         if path.exists():
             if not replace:
                 raise DataError(f"{path}: already exists")
+            if not path.is_dir() or path.is_symlink():
+                raise DataError(f"{path}: exists and is not a Jacobian store folder; not replaced")
             shutil.rmtree(path)
         rows = len(pixels)
         chunks = max(1, -(-rows // chunk_rows))
@@ -151,8 +153,7 @@ class JacobianStore:
             raise ValueError(f"block {chunk} holds {stop - start} rows, got {rows.shape[0]}")
         values = rows.detach().float().cpu()
         if self.dtype == "uint8":
-            low, high = float(values.min()), float(values.max())
-            step = (high - low) / 255 if high > low else 1.0
+            low, high, step = _uint8_scale(float(values.min()), float(values.max()))
             data = torch.round((values - low) / step).clamp_(0, 255).to(torch.uint8).numpy()
             self.group["chunk_min"][chunk] = np.float32(low)
             self.group["chunk_max"][chunk] = np.float32(high)
@@ -160,6 +161,21 @@ class JacobianStore:
             data = values.numpy().astype(self.dtype)
         self.group["jacobian"][start:stop] = data
         self.group["done"][chunk] = 1
+
+
+def _uint8_scale(low: float, high: float) -> tuple[float, float, float]:
+    """(low, high, step) of a block's 256 levels. When the block holds both signs the range is
+    widened a little so that one level is exactly 0: gradients that are exactly zero (outside
+    a receptive field) stay zero. The error bound, half a step, follows the stored range."""
+    if high <= low:
+        return low, high, 1.0
+    step = (high - low) / 255
+    if low < 0 < high:
+        zero = min(max(round(-low / step), 1), 254)
+        step = max(-low / zero, high / (255 - zero))
+        low = -zero * step
+        high = low + 255 * step
+    return low, high, step
 
 
 def _dequantize(store: JacobianStore, start: int, stop: int) -> torch.Tensor:
@@ -173,8 +189,8 @@ def _dequantize(store: JacobianStore, start: int, stop: int) -> torch.Tensor:
     step = np.where(high > low, (high - low) / 255, 0.0)
     shape = (-1,) + (1,) * (raw.ndim - 1)
     values = low[block].reshape(shape) + raw.astype(np.float64) * step[block].reshape(shape)
-    # The code whose interval holds 0 is read as exactly 0 (still within half a step of the
-    # value written), so gradients that are exactly zero outside a receptive field stay zero.
+    # The level the writer placed on 0 (see _uint8_scale) is read as exactly 0 rather than as
+    # 0 plus the rounding of the stored float32 range.
     zero_code = np.where(
         (low <= 0) & (high >= 0) & (step > 0), np.round(-low / np.where(step > 0, step, 1)), -1
     )
@@ -195,10 +211,12 @@ class LazyRows:
 
     def __getitem__(self, index: int | slice) -> torch.Tensor:
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.store.rows)
-            if stop <= start:
+            positions = range(self.store.rows)[index]
+            if len(positions) == 0:
                 return torch.empty((0, *self.shape[1:]))
-            return _dequantize(self.store, start, stop)[::step]
+            first, last = min(positions), max(positions)
+            block = _dequantize(self.store, first, last + 1)
+            return block[torch.tensor([p - first for p in positions])]
         position = range(self.store.rows)[index]
         return _dequantize(self.store, position, position + 1)[0]
 
