@@ -330,3 +330,16 @@ def test_a_stored_crop_larger_than_max_side_is_refused_when_chosen():
     assert (view.top, view.height) == (8, 24)
     with pytest.raises(ConfigError, match="larger than --max-side 32"):
         resolve_view("data/a", (64, 64), "store", max_side=32, box=(0, 0, 48, 48))
+
+
+def test_the_chosen_pixel_stays_on_its_image_pixel_when_the_crop_moves():
+    from vessel_lens.app.handlers import _in_new_view
+    from vessel_lens.app.images import View
+
+    old = View("data/a", 0, 0, 24, 24)
+    new = View("data/a", 20, 10, 24, 24)
+    pixel = {"row": 25, "col": 15, "view": old.as_dict()}
+    assert _in_new_view((25, 15), pixel, new) == (5, 5)  # image pixel (25, 15) in both
+    other_image = {"row": 5, "col": 5, "view": View("data/b", 0, 0, 24, 24).as_dict()}
+    assert _in_new_view((5, 5), other_image, new) == (5, 5)  # another image: as given
+    assert _in_new_view((5, 5), {"row": 5, "col": 5, "view": {"top": "x"}}, new) == (5, 5)

@@ -53,6 +53,22 @@ def stored_point(pixel: object) -> tuple[int, int] | None:
     return parse_point({"points": [{"x": pixel.get("col"), "y": pixel.get("row")}]})
 
 
+def _in_new_view(point, pixel: object, view: View) -> tuple[int, int] | None:
+    """The chosen pixel in ``view``'s coordinates: the same image pixel when the page says
+    which view it was chosen in (same image, another crop), else as given."""
+    if point is None or not isinstance(pixel, dict) or not isinstance(pixel.get("view"), dict):
+        return point
+    old = pixel["view"]
+    if old.get("key") != view.key:
+        return point
+    top, left = old.get("top"), old.get("left")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (top, left)):
+        return point
+    if abs(top) > 10**6 or abs(left) > 10**6:
+        return point
+    return point[0] + top - view.top, point[1] + left - view.left
+
+
 def chosen_overlays(overlays: object) -> set[str]:
     """The overlay names ticked in the page (anything else the browser sends is ignored)."""
     return {o for o in overlays if isinstance(o, str)} if isinstance(overlays, list) else set()
@@ -98,7 +114,7 @@ def handle_view(state, image, mode, size, top, left, model, compare, pixel) -> d
             state.engine(compare, view)
         except VesselLensError as exc:
             note = f"{note} comparison: {exc}".strip()
-    point = stored_point(pixel)
+    point = _in_new_view(stored_point(pixel), pixel, view)
     if point is None or not (0 <= point[0] < view.height and 0 <= point[1] < view.width):
         point = (view.height // 2, view.width // 2)
     full = state.sample(view.key).size
