@@ -172,3 +172,15 @@ def test_models_lists_every_registered_name(capsys):
 def test_option_without_value_is_status_2(capsys, argv):
     assert main(argv) == 2
     assert len(error_lines(capsys.readouterr().err)) == 1
+
+
+def test_demo_never_writes_into_a_folder_holding_other_files(capsys, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "data_preview.png").write_bytes(b"my picture")
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--no-progress"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (out / "data_preview.png").read_bytes() == b"my picture"
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file"), "--device", "cpu"]) == 2
+    assert "not a folder" in capsys.readouterr().err

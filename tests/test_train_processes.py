@@ -158,3 +158,37 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     for a, b in zip(ddp_rows, ref_rows, strict=True):
         for key in ("train_loss", "val_loss", "val_dice"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-3, abs=1e-4)
+
+
+def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    return subprocess.run(
+        [*launch, "2", "-m", "vessel_lens", *args],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_torchrun_with_fewer_crops_than_processes_a_time_limit_and_a_taken_folder(tmp_path):
+    """One training crop for two processes used to hang; a time limit measured on each
+    process's own clock used to stop them at different epochs; a refused --out was an
+    internal error on process 1. The time-limited run still validates and keeps best.pt."""
+    from vessel_lens.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, count=6, size=48, progress=False)
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--width", "4", "--crop-size", "32", "--device", "cpu"]
+    small = ["--crops-per-image", "1", "--batch-size", "2", "--split-fractions", "0.17,0.5,0.33"]
+    limited = ["--epochs", "50", "--val-every", "3", "--max-minutes", "0.0001", "--no-progress"]
+    result = torchrun("train", "--out", str(run), *common, *small, *limited)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("stopped after 1 epochs (time limit") == 1
+    assert (run / "best.pt").exists() and epochs_written(run) == 1
+    again = torchrun("train", "--out", str(run), *common, *small, *limited)
+    assert again.returncode != 0  # torchrun reports its processes' failure as 1
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, again.stderr[-2000:]  # one line from each process, the same
+    assert all("already holds a run" in line for line in errors), errors

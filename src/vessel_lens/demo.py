@@ -57,8 +57,15 @@ class DemoOutputs:
 def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = True) -> DemoOutputs:
     """Run every demo step into ``out`` (refused if ``out`` already holds a demo run)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
     if (out / "run" / "config.yaml").exists():
         raise ConfigError(f"{out}: already holds a demo run; choose another --out or delete it")
+    if out.is_dir() and any(out.iterdir()):
+        first = sorted(p.name for p in out.iterdir())[0]
+        raise ConfigError(
+            f"{out}: is not empty (holds {first!r}); the demo writes into a new or empty folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     outputs = DemoOutputs(out)
     data = out / "data"

@@ -42,6 +42,28 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def agree(self, error: Exception | None) -> None:
+        """Raise rank 0's user error (or None) on every rank, so none waits at a barrier."""
+        from vessel_lens.errors import ConfigError, DataError, VesselLensError
+
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        message = [None if error is None else (type(error).__name__, str(error))]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None:
+            kinds = {"DataError": DataError, "ConfigError": ConfigError}
+            raise kinds.get(message[0][0], VesselLensError)(message[0][1])
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (the same answer on every rank)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)  # nccl: on the GPU
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,8 @@ def _train(
         summary = train_run(
             TrainConfig.from_dict(values, "options"), out, overwrite=overwrite, progress=progress
         )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 reports
+        return 0
     typer.echo(
         f"stopped after {summary.epochs_done} epochs ({summary.stop_reason}, "
         f"{summary.seconds / 60:.1f} min); best validation Dice {summary.best_dice:.4f} at epoch "

@@ -35,7 +35,6 @@ from vessel_lens.interpret.erf import (
     receptive_field_maps,
     receptive_field_maps_from_jacobian,
 )
-from vessel_lens.interpret.extract import _agree
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES
 
 
@@ -88,6 +87,8 @@ class ErfConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a folder")
         if (self.checkpoint is None) == (self.from_jacobian is None):
             raise ConfigError("give either --checkpoint or --from-jacobian (exactly one)")
         if self.from_jacobian is not None:
@@ -183,7 +184,7 @@ def run_erf(config: ErfConfig) -> ErfResult:
             write_run_config(config, ctx.device, ctx.world_size)  # once every file is accepted
         except VesselLensError as exc:
             error = exc
-    _agree(ctx, error)
+    ctx.agree(error)
     pending = [job for job in jobs if needs_work(config, job)]
     result.skipped = len(jobs) - len(pending)
     ctx.barrier()  # every rank has decided what is pending before any rank writes a file

@@ -76,6 +76,8 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a folder")
         if self.dtype not in STORAGE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
         if self.output not in OUTPUTS:
@@ -308,7 +310,7 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
             _write_run_config(config)  # only once every store was accepted
         except VesselLensError as exc:
             error = exc
-    _agree(ctx, error)
+    ctx.agree(error)
     stores = [JacobianStore.open(job.path) for job in jobs]
     result.skipped = sum(int(s.done().sum()) for s in stores)
     work = _share(ctx, stores)
@@ -341,17 +343,3 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
         dist.all_reduce(counts)
         result.computed, result.rows = (int(v) for v in counts)
     return result
-
-
-def _agree(ctx, error: Exception | None) -> None:
-    """Raise rank 0's setup error on every rank (so none waits forever at a barrier)."""
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        message = [None if error is None else (type(error).__name__, str(error))]
-        dist.broadcast_object_list(message, src=0)
-        if message[0] is not None:
-            kind = {"DataError": DataError}.get(message[0][0], ConfigError)
-            raise kind(message[0][1])
-    elif error is not None:
-        raise error

@@ -33,7 +33,13 @@ from vessel_lens.data.source import open_dataset
 from vessel_lens.data.splits import write_splits
 from vessel_lens.devices import resolve_device
 from vessel_lens.distributed import DistContext, init_distributed
-from vessel_lens.errors import CheckpointError, ConfigError, DataError, TrainingError
+from vessel_lens.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    TrainingError,
+    VesselLensError,
+)
 from vessel_lens.models.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from vessel_lens.models.registry import create_model
 from vessel_lens.training.config import TrainConfig, read_config, write_config
@@ -220,6 +226,10 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed * 7919 + self.epoch),
         ).tolist()
         usable = self.steps_per_epoch * self.config.batch_size * self.ctx.world_size
+        if self.ctx.distributed and len(order) < usable:
+            # fewer crops than one step of every process: repeat them, so that every process
+            # runs the same number of steps (DDP waits for all of them at each one)
+            order = (order * -(-usable // len(order)))[:usable]
         mine = self.ctx.shard(order[:usable])
         size = self.config.batch_size
         return [mine[i : i + size] for i in range(0, len(mine), size)]
@@ -260,6 +270,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self, samples: list[Sample]) -> dict[str, float]:
         """Whole-image loss, Dice and IoU over ``samples`` (shared between ranks)."""
+        if self.ctx.distributed:  # rank 0's BatchNorm statistics: those of the saved model
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         self.model.eval()
         sums = torch.zeros(6, dtype=torch.float64)  # loss, images, tp, fp, fn, tn
         for sample in self.ctx.shard(samples):
@@ -321,7 +334,14 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }
                 stop, improved = False, False
-                if self.epoch % config.val_every == 0 or self.epoch == config.epochs:
+                spent = self.elapsed + time.perf_counter() - started
+                # every process must agree (their clocks differ): one stopping alone would
+                # leave the others waiting for it
+                time_up = self.ctx.any(
+                    bool(config.max_minutes) and spent >= 60 * config.max_minutes
+                )
+                last = self.epoch == config.epochs or time_up  # the last epoch is validated
+                if self.epoch % config.val_every == 0 or last:
                     scores = self.validate(self.val_samples)
                     row.update(scores)
                     if config.schedule == "plateau":
@@ -337,7 +357,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - started
                 row["seconds"] = round(self.elapsed, 1)
                 self.history.append(row)
-                if config.max_minutes and self.elapsed >= 60 * config.max_minutes:
+                if time_up and not stop:
                     stop, stop_reason = True, "time limit"
                 if improved:
                     self._save("best.pt", with_state=False, metrics=scores)
@@ -414,9 +434,13 @@ def train(
     """Start a new run in ``out`` (refused if ``out`` holds a run, unless ``overwrite``)."""
     out = Path(out)
     ctx = init_distributed(resolve_device(config.device))
+    error = None
     if ctx.is_main:
-        _check_run_folder(out, overwrite)
-    ctx.barrier()
+        try:
+            _check_run_folder(out, overwrite)
+        except VesselLensError as exc:
+            error = exc
+    ctx.agree(error)  # the same one-line error on every process
     trainer = Trainer(config, out, ctx, progress)  # opens the data: bad input fails here
     if ctx.is_main:
         _clear_run_folder(out, overwrite)
@@ -444,7 +468,12 @@ def resume(out: str | Path, progress: bool = True, epochs: int | None = None) ->
     ctx = init_distributed(resolve_device(config.device))
     trainer = Trainer(config, out, ctx, progress, resuming=read_checkpoint(out / "last.pt"))
     trainer.load_training_state(out / "last.pt")
-    if epochs is not None and ctx.is_main:
+    if epochs is not None and epochs < trainer.epoch:
+        raise ConfigError(
+            f"--epochs {epochs}: {out} has already trained {trainer.epoch} epochs; give at "
+            f"least {trainer.epoch}"
+        )
+    if ctx.is_main:  # the epochs and the number of processes of this continuation
         write_config(
             config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
         )
