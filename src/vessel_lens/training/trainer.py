@@ -246,10 +246,12 @@ class Trainer:
             loss = self.loss_fn(logits, labels)
             penalty = regularisation(self.model, self.config.regularisation, self.config.alpha)
             objective = loss if penalty is None else loss + penalty
-            if not torch.isfinite(objective):
+            # agreed by every process, so that none is left waiting in the backward pass
+            if self.ctx.any(not bool(torch.isfinite(objective))):
                 raise TrainingError(
-                    f"loss became {float(objective.detach())} at epoch {self.epoch + 1}, step {step + 1}; "
-                    f"stopped; the last good checkpoint is {self.out / 'last.pt'}"
+                    f"loss became {float(objective.detach())} at epoch {self.epoch + 1}, "
+                    f"step {step + 1} (on at least one process); stopped; the last good "
+                    f"checkpoint is {self.out / 'last.pt'}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
