@@ -137,6 +137,7 @@ class AppState:
         self.engines = LRUCache(config.engines, budget * 3 // 4, size_of=engine_bytes)
         self.gradients = LRUCache(100_000, budget // 4)
         self.fields = LRUCache(16)
+        self.view_hashes = LRUCache(256)  # a fingerprint per view, not one per hover
         self.jobs = GlobalMaxJobs()
         self._engine_locks: dict[tuple, threading.Lock] = {}
         self._model_locks = {key: threading.Lock() for key in self.models}
@@ -224,15 +225,17 @@ class AppState:
         return None
 
     def view_hash(self, view: View) -> str:
-        """Fingerprint of the view's pixels, as precomputed files record theirs."""
+        """Fingerprint of the view's pixels, as precomputed files record theirs (cached)."""
         from vessel_lens.interpret.extract import image_hash
 
-        return image_hash(view.crop(self.sample(view.key).image))
+        return self.view_hashes.get_or_create(
+            view, lambda: image_hash(view.crop(self.sample(view.key).image))
+        )
 
     def store_for(self, model_key: str, view: View) -> StoredJacobian | None:
         entry = self.model(model_key)
         source = self.view_source(view)
-        if source is None:
+        if source is None or not self.stores.for_stem(source[0]):
             return None
         return self.stores.match(*source, entry.weights_hash, self.view_hash(view))
 
@@ -240,7 +243,7 @@ class AppState:
         """The receptive-field map file (``vessel-lens erf``) of this view and model, if any."""
         entry = self.model(model_key)
         source = self.view_source(view)
-        if source is None:
+        if source is None or not self.erf_maps.for_stem(source[0]):
             return None
         return self.erf_maps.match(*source, entry.weights_hash, self.view_hash(view))
 

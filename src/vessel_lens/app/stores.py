@@ -77,6 +77,11 @@ def _matches(
     )
 
 
+def _first_match(entries: Iterable, stem, box, weights_hash, image_hash):
+    """The first of ``entries`` that :func:`_matches` the view, or None."""
+    return next((e for e in entries if _matches(e, stem, box, weights_hash, image_hash)), None)
+
+
 def _index(paths: Iterable[Path], read: Callable[[Path], object]) -> tuple[list, list[str]]:
     """``read`` of each path, and a line per path that could not be read (logged, skipped)."""
     entries, problems = [], []
@@ -155,12 +160,8 @@ class StoreIndex:
     ) -> StoredJacobian | None:
         """A finished store of this image and crop, computed with these weights (and, when
         ``image_hash`` is given, from these pixel values)."""
-        found = (
-            s
-            for s in self.stores
-            if s.complete and _matches(s, stem, box, weights_hash, image_hash)
-        )
-        return next(found, None)
+        finished = (s for s in self.stores if s.complete)
+        return _first_match(finished, stem, box, weights_hash, image_hash)
 
     def _load(self, store: StoredJacobian) -> _Loaded:
         def load() -> _Loaded:
@@ -297,8 +298,7 @@ class MapIndex:
     ) -> StoredMaps | None:
         """The map file of this image and crop, computed with these weights (and, when
         ``image_hash`` is given, from these pixel values)."""
-        found = (m for m in self.maps if _matches(m, stem, box, weights_hash, image_hash))
-        return next(found, None)
+        return _first_match(self.maps, stem, box, weights_hash, image_hash)
 
     def load(self, entry: StoredMaps):
         """The file's :class:`~vessel_lens.interpret.ReceptiveFieldMaps` (cached);
