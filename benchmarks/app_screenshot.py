@@ -17,17 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+from vessel_lens.app.testing import CHROMIUM_ARGS
+
 PIXEL_ON_SCREEN = """([row, col]) => {
     const graph = document.querySelector('#graph-input .js-plotly-plot');
     const rect = graph.getBoundingClientRect();
@@ -85,7 +76,9 @@ def main() -> None:
     server = Server(app, "127.0.0.1", 0).start()
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(
+                executable_path=args.chromium, args=list(CHROMIUM_ARGS)
+            )
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.set_default_timeout(120_000)
             page.goto(server.url)

@@ -19,23 +19,13 @@ pytest.importorskip("playwright")
 
 from vessel_lens.app import AppConfig, Server, create_app
 from vessel_lens.app.pixel import analyse_pixel, parse_threshold
+from vessel_lens.app.testing import CHROMIUM_ARGS
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 SIZE = 48
 WAIT_MS = 60_000
 
@@ -69,7 +59,9 @@ def page(app_server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS)
+        )
         context = browser.new_context(
             viewport={"width": 1500, "height": 1100}, accept_downloads=True
         )

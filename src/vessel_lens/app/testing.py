@@ -12,6 +12,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+"""Launch arguments of a headless Chromium driven by Playwright (browser tests, screenshots):
+no GPU, no sandbox, no background network traffic."""
+
 UPDATE = "/_dash-update-component"
 DEPENDENCIES = "/_dash-dependencies"
 LAYOUT = "/_dash-layout"
