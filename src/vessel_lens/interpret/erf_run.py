@@ -35,7 +35,7 @@ from vessel_lens.interpret.erf import (
     receptive_field_maps,
     receptive_field_maps_from_jacobian,
 )
-from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES
+from vessel_lens.interpret.extract import check_row_options
 
 
 @dataclass
@@ -98,22 +98,11 @@ class ErfConfig:
         self.fractions, self.mass_fractions = check_options(
             self.fractions, self.mode, self.channels, self.mass_fractions, None
         )
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
-            )
         if self.colouring not in COLOURING:
             raise ConfigError(
                 f"--colouring {self.colouring!r}: choose one of {', '.join(COLOURING)}"
             )
-        if self.crop < 0:
-            raise ConfigError(f"--crop {self.crop}: must be positive (or use --full)")
-        if self.pixel_stride < 1:
-            raise ConfigError(f"--pixel-stride {self.pixel_stride}: must be at least 1")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ConfigError(f"--chunk-rows {self.chunk_rows}: must be at least 1")
+        check_row_options(self, "use --full")
 
 
 @dataclass

@@ -80,20 +80,24 @@ class ExtractConfig:
             raise ConfigError(f"--out {self.out}: exists and is not a folder")
         if self.dtype not in STORAGE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}"
-            )
-        if self.crop < 0:
-            raise ConfigError(f"--crop {self.crop}: must be positive (or 0 for whole images)")
-        if self.pixel_stride < 1:
-            raise ConfigError(f"--pixel-stride {self.pixel_stride}: must be at least 1")
+        check_row_options(self, "0 for whole images")
         if self.pixels is not None and self.pixel_stride != 1:
             raise ConfigError("--pixels and --pixel-stride exclude each other")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ConfigError(f"--chunk-rows {self.chunk_rows}: must be at least 1")
+
+
+def check_row_options(config, whole_images: str) -> None:
+    """The options ``vessel-lens jacobian`` and ``erf`` share: output, strategy, crop (with
+    ``whole_images`` saying how to ask for whole images), pixel stride, rows per chunk."""
+    if config.output not in OUTPUTS:
+        raise ConfigError(f"--output {config.output!r}: choose one of {', '.join(OUTPUTS)}")
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if config.crop < 0:
+        raise ConfigError(f"--crop {config.crop}: must be positive (or {whole_images})")
+    if config.pixel_stride < 1:
+        raise ConfigError(f"--pixel-stride {config.pixel_stride}: must be at least 1")
+    if config.chunk_rows is not None and config.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {config.chunk_rows}: must be at least 1")
 
 
 @dataclass
