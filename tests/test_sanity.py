@@ -174,7 +174,10 @@ def test_randomisation_drops_similarity_of_a_trained_model(trained, data):
         for metric in ("spearman", "ssim"):
             series = cascading.series(method, metric)
             assert max(series) < 0.999, (method, metric, series)
-            assert series[-1] < series[0] - 0.05, (method, metric, series)
+            if (method, metric) != ("guided_backprop", "ssim"):
+                # guided backprop's structure is partly kept under randomisation (Adebayo et
+                # al. 2018, "Sanity checks for saliency maps"): its SSIM need not fall steadily
+                assert series[-1] < series[0] - 0.05, (method, metric, series)
     iou = cascading.series(RECEPTIVE_FIELD, "iou")
     assert max(iou) < 1 and iou[-1] < iou[0]
     independent = randomisation_test(
