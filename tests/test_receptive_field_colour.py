@@ -102,17 +102,36 @@ def test_coloured_maps_equal_plain_maps(strategy, mode):
                 assert torch.equal(a, b), name
 
 
-def test_auto_colours_only_when_it_pays():
+@pytest.mark.parametrize("strategy", ["linear", "vmap"])
+def test_auto_measures_both_ways_and_keeps_the_maps(strategy):
     model = small_cnn()
     image = torch.rand(2, 30, 37)
-    # linear already restricts rows to their windows: auto leaves colouring off.
-    assert not receptive_field_maps(model, image, (0.1,), "pixel").metadata["colouring"]
-    # vmap computes whole-image rows: about 14 pixels per pass, so auto colours.
-    vmap = receptive_field_maps(model, image, (0.1,), "pixel", strategy="vmap")
-    assert vmap.metadata["colouring"] and vmap.metadata["colour_period"] == [9, 9]
+    plain = receptive_field_maps(
+        model, image, (0.1,), "pixel", strategy=strategy, colouring="never"
+    )
+    auto = receptive_field_maps(model, image, (0.1,), "pixel", strategy=strategy)
+    choice = auto.metadata["colouring_choice"]
+    assert choice.split()[0] in ("coloured", "plain") and "ms/pixel" in choice
+    # the trial batch is always coloured; the rest follows the measurement
+    assert auto.metadata["colouring"] and auto.metadata["colour_period"] == [9, 9]
+    assert auto.metadata["backward_passes"] < plain.metadata["backward_passes"] or (
+        choice.startswith("plain")
+    )
+    for name in ARRAYS:
+        a, b = getattr(plain, name), getattr(auto, name)
+        if a.is_floating_point():
+            scale = float(a.nan_to_num(0).abs().max()) or 1.0
+            assert bool((a - b).nan_to_num(0).abs().max() <= 1e-6 * scale), name
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_auto_does_not_colour_when_a_pass_would_serve_one_pixel():
+    model = small_cnn()
+    image = torch.rand(2, 30, 37)
     # An image smaller than twice the field gives fewer than 2 pixels per pass.
     small = receptive_field_maps(model, image[:, :10, :11], (0.1,), "pixel", strategy="vmap")
-    assert not small.metadata["colouring"]
+    assert not small.metadata["colouring"] and not small.metadata["colouring_choice"]
 
 
 def test_colouring_needs_a_structural_field():

@@ -11,8 +11,9 @@ zeroing the rest of the crop, recovers every row.
 
 This pays off when a row costs a whole-image backward pass (strategies ``vmap`` and
 ``loop``): each pass then serves about H·W / (P_r·P_c) pixels. The ``linear`` strategy already
-restricts every row to its window, so colouring only adds the dense decoder passes that one-hot
-cotangents avoid (see ``benchmarks/RESULTS.md`` for the measured costs).
+restricts every row to its window; whether colouring still pays depends on the network (it
+does for shallow ones, whose combined windows stay cheap), so ``colouring="auto"`` measures
+both on the image at hand (see ``benchmarks/RESULTS.md`` for the measured costs).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def backward(prep: Prepared, seed: Window) -> torch.Tensor:
             result = grad
             continue
         else:
-            parts = RULES[rule_key(entry)](prep, i, entry, grad)
+            parts = RULES[rule_key(prep, i, entry)](prep, i, entry, grad)
         for ref, part in parts:
             if part is not None and prep.needed[ref.node]:
                 cotangents[ref] = accumulate(cotangents.get(ref), part)

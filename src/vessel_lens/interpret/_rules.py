@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from vessel_lens.interpret import _ops as ops
 from vessel_lens.interpret._prepare import (
     BATCH_NORM,
     IDENTITY,
@@ -20,6 +21,14 @@ from vessel_lens.interpret._prepare import (
     arg_of,
     spatial,
 )
+from vessel_lens.interpret._rules_norm import (
+    broadcast_sum,
+    layer_norm_rule,
+    reduction_rule,
+    softmax_rule,
+    statistics_rule,
+)
+from vessel_lens.interpret._rules_resample import max_pool_rule, separable_rule, strided_slice
 from vessel_lens.interpret._tape import Entry, Ref
 from vessel_lens.interpret._window import (
     SMALL_MAP,
@@ -37,16 +46,23 @@ aten = torch.ops.aten
 Rule = Callable[[Prepared, int, Entry, Window], list[tuple[Ref, Window | None]]]
 
 
-def rule_key(entry: Entry) -> object:
-    if entry.func in POINTWISE and entry.func is not aten.relu.default:
+def rule_key(prep: Prepared, i: int, entry: Entry) -> object:
+    func = entry.func
+    if func in POINTWISE and func is not aten.relu.default:
         return "pointwise"
-    if entry.func in LINEAR_PER_SAMPLE:
+    if func in LINEAR_PER_SAMPLE:
         return "linear_per_sample"
-    if entry.func in IDENTITY:
+    if func in IDENTITY or func in ops.VIEWS:
         return "identity"
-    if entry.func in BATCH_NORM:
-        return "batch_norm"
-    return entry.func
+    if func in BATCH_NORM:
+        return "statistics" if ops.batch_norm_uses_input_statistics(entry) else "batch_norm"
+    if func is ops.AVG_POOL or func in ops.RESAMPLING or func in ops.INDEX_PADS:
+        return "separable" if i in prep.consts else "linear_per_sample"
+    if func in ops.SOFTMAX:
+        return "softmax"
+    if func in ops.REDUCTIONS:
+        return "reduction"
+    return func
 
 
 def _box(window: Window) -> tuple[int, int, int, int]:
@@ -103,6 +119,7 @@ def _binary(prep: Prepared, i: int, entry: Entry, grad: Window):
     alpha = entry.kwargs.get("alpha", 1)
     factors = prep.consts[i]
     func, data = entry.func, grad.data
+    broadcast = prep.consts.get(("broadcast", i), {})
     if func is aten.mul.Tensor:
         parts = [(a, data * _factor(factors[0], grad)), (b, data * _factor(factors[1], grad))]
     elif func is aten.div.Tensor:
@@ -110,11 +127,22 @@ def _binary(prep: Prepared, i: int, entry: Entry, grad: Window):
     else:
         sign = -1 if func is aten.sub.Tensor else 1
         active = [ref for ref in (a, b) if prep.is_active(ref)]
-        if len(active) == 1 and (active[0] is a or sign * alpha == 1):
+        if len(active) == 1 and (active[0] is a or sign * alpha == 1) and not broadcast:
             return [(active[0], grad)]
         parts = [(a, data), (b, data if sign * alpha == 1 else data * (sign * alpha))]
-        return [(ref, Window(d, grad.top, grad.left)) for ref, d in parts if prep.is_active(ref)]
-    return [(ref, Window(d, grad.top, grad.left, True)) for ref, d in parts if prep.is_active(ref)]
+        if not broadcast:
+            return [
+                (ref, Window(d, grad.top, grad.left)) for ref, d in parts if prep.is_active(ref)
+            ]
+    result = []
+    for position, (ref, d) in enumerate(parts):
+        if not prep.is_active(ref):
+            continue
+        if position in broadcast:
+            result.append((ref, broadcast_sum(d, broadcast[position], grad)))
+        else:
+            result.append((ref, Window(d, grad.top, grad.left, True)))
+    return result
 
 
 def _scalar(prep: Prepared, i: int, entry: Entry, grad: Window):
@@ -143,56 +171,37 @@ def _slice(prep: Prepared, i: int, entry: Entry, grad: Window):
     source = entry.args[0]
     shape = prep.tape.value(source).shape
     dim = int(arg_of(entry, 1, "dim", 0)) % 4
+    step = int(arg_of(entry, 4, "step", 1))
     start = arg_of(entry, 2, "start", 0) or 0
     start = max(0, start + shape[dim]) if start < 0 else min(start, shape[dim])
+    if dim in (2, 3) and step != 1:
+        return [(source, strided_slice(grad, dim, start, step))]
     if dim == 2:
         return [(source, shift(grad, start, 0, shape[2], shape[3]))]
     if dim == 3:
         return [(source, shift(grad, 0, start, shape[2], shape[3]))]
     full = zeros(grad.data, (grad.data.shape[0], shape[1], grad.height, grad.width))
-    full[:, start : start + grad.data.shape[1]] = grad.data
+    count = grad.data.shape[1]
+    full[:, start : start + (count - 1) * step + 1 : step] = grad.data
     return [(source, Window(full, grad.top, grad.left, True))]
 
 
 def _cat(prep: Prepared, i: int, entry: Entry, grad: Window):
+    dim = int(arg_of(entry, 1, "dim", 0)) % 4
     parts, offset = [], 0
     for ref in entry.args[0]:
-        channels = int(prep.tape.value(ref).shape[1]) if isinstance(ref, Ref) else ref.shape[1]
+        value = prep.tape.value(ref) if isinstance(ref, Ref) else ref
+        length = int(value.shape[dim])
         if isinstance(ref, Ref):
-            parts.append(
-                (ref, Window(grad.data[:, offset : offset + channels], grad.top, grad.left))
-            )
-        offset += channels
+            if dim == 1:
+                part = Window(grad.data[:, offset : offset + length], grad.top, grad.left)
+            elif dim == 2:
+                part = shift(grad, -offset, 0, length, int(value.shape[3]))
+            else:
+                part = shift(grad, 0, -offset, int(value.shape[2]), length)
+            parts.append((ref, part))
+        offset += length
     return parts
-
-
-def _max_pool(prep: Prepared, i: int, entry: Entry, grad: Window):
-    source = entry.args[0]
-    x = prep.tape.value(source)
-    out, indices = entry.value
-    n = grad.data.shape[0]
-    dense = grad.dense(*spatial(out))
-    kernel, stride, padding, dilation, ceil = (
-        arg_of(entry, k, name, default)
-        for k, name, default in (
-            (1, "kernel_size", None),
-            (2, "stride", ()),
-            (3, "padding", 0),
-            (4, "dilation", 1),
-            (5, "ceil_mode", False),
-        )
-    )
-    result = aten.max_pool2d_with_indices_backward(
-        dense,
-        x.to(dense.dtype).expand(n, *x.shape[1:]),
-        kernel,
-        stride,
-        padding,
-        dilation,
-        ceil,
-        indices.expand(n, *indices.shape[1:]),
-    )
-    return [(source, Window(result, 0, 0, True))]
 
 
 def _linear_per_sample(prep: Prepared, i: int, entry: Entry, grad: Window):
@@ -229,8 +238,15 @@ RULES: dict[object, Rule] = {
     aten.constant_pad_nd.default: _pad,
     aten.slice.Tensor: _slice,
     aten.cat.default: _cat,
-    aten.max_pool2d_with_indices.default: _max_pool,
+    aten.max_pool2d_with_indices.default: max_pool_rule,
+    ops.ADAPTIVE_MAX_POOL: max_pool_rule,
     "linear_per_sample": _linear_per_sample,
+    "separable": separable_rule,
+    "statistics": statistics_rule,
+    ops.GROUP_NORM: statistics_rule,
+    ops.LAYER_NORM: layer_norm_rule,
+    "softmax": softmax_rule,
+    "reduction": reduction_rule,
 }
 
 

@@ -75,16 +75,25 @@ def needed_entries(tape: Tape) -> list[bool]:
         return reaches
     reaches[tape.source] = True
     for i, entry in enumerate(tape.entries):
-        if i != tape.source and any(reaches[r.node] for r in refs_in(entry)):
-            reaches[i] = True
+        if i != tape.source and any(
+            reaches[r.node] and _differentiable(tape.value(r)) for r in refs_in(entry)
+        ):
+            reaches[i] = _differentiable(entry.value)
     needed = [False] * count
     needed[tape.output.node] = reaches[tape.output.node]
     for i in range(count - 1, -1, -1):
         if needed[i]:
             for ref in refs_in(tape.entries[i]):
-                if reaches[ref.node]:
+                if reaches[ref.node] and _differentiable(tape.value(ref)):
                     needed[ref.node] = True
     return needed
+
+
+def _differentiable(value: Any) -> bool:
+    """Whether a gradient can flow through an output: comparisons, indices and masks are
+    integer or boolean tensors, and nothing is differentiated through them."""
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in values)
 
 
 def refs_in(entry: Entry) -> list[Ref]:
@@ -98,6 +107,7 @@ class _Recorder(TorchDispatchMode):
         self.tape = tape
         self.producer: dict[int, Ref] = {}
         self.keep: list[torch.Tensor] = []
+        self.stale: dict[int, str] = {}
         if source is not None:
             self.add_source(source)
 
@@ -115,9 +125,11 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         functional = _functional_form(func)
+        self._check_fresh(func, (args, kwargs))
         if functional is not None and args and isinstance(args[0], torch.Tensor):
-            if self._aliased(args[0]) and not self.tape.unsupported:
-                self.tape.unsupported = f"{func} writes in place into a view of another tensor"
+            for alias in self._aliases(args[0]):
+                self._snapshot(alias)
+                self.stale[id(alias)] = f"{func} writes in place into a view of another tensor"
             self._snapshot(args[0])
         out = func(*args, **kwargs)
         rec_args, rec_kwargs = pytree.tree_map(self._ref, (args, kwargs))
@@ -135,17 +147,27 @@ class _Recorder(TorchDispatchMode):
                     self.keep.append(item)
         return out
 
-    def _aliased(self, tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` shares memory with another recorded tensor (a view, or the base
-        of one): an in-place write then changes values the tape holds elsewhere."""
-        if tensor._is_view():
-            return True
+    def _aliases(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Recorded tensors other than ``tensor`` that share its memory (its base, other views):
+        an in-place write into ``tensor`` changes them too."""
+        if not tensor._is_view() and tensor.untyped_storage().nbytes() == 0:
+            return []
         pointer = tensor.untyped_storage().data_ptr()
-        return any(
-            kept is not tensor and kept.untyped_storage().data_ptr() == pointer
+        return [
+            kept
             for kept in self.keep
-            if kept.device == tensor.device
-        )
+            if kept is not tensor
+            and kept.device == tensor.device
+            and kept.untyped_storage().data_ptr() == pointer
+        ]
+
+    def _check_fresh(self, func, arguments) -> None:
+        """A tensor changed in place through one of its aliases no longer holds what the tape
+        says its producer made: reading it afterwards cannot be followed."""
+        for leaf in pytree.tree_leaves(arguments):
+            if isinstance(leaf, torch.Tensor) and id(leaf) in self.stale:
+                if not self.tape.unsupported:
+                    self.tape.unsupported = self.stale[id(leaf)]
 
     def _snapshot(self, tensor: torch.Tensor) -> None:
         """Before an in-place op overwrites a recorded tensor, keep its old value on the tape
@@ -163,6 +185,7 @@ class _Recorder(TorchDispatchMode):
     def output_ref(self, output: Any) -> Ref | None:
         if not isinstance(output, torch.Tensor):
             return None
+        self._check_fresh(None, output)
         return self.producer.get(id(output))
 
 
@@ -175,21 +198,30 @@ def _functional_form(func: Any) -> Any:
     return getattr(packet, func._overloadname, None) if packet is not None else None
 
 
-def record(model: nn.Module, image: torch.Tensor, layer: nn.Module | None = None) -> Tape:
+def record(
+    model: nn.Module,
+    image: torch.Tensor,
+    layer: nn.Module | None = None,
+    track_graph: bool = False,
+) -> Tape:
     """Run ``model(image[None])`` once under the recorder.
 
     With ``layer``, the source is that module's output (replaced by an identical tensor the
     recorder knows as the source); otherwise the source is the input batch. The model must be
-    in the mode wanted (eval) and parameters should not require grad.
+    in the mode wanted (eval) and parameters should not require grad. ``track_graph``: the
+    input requires grad, so that ``tape.result`` carries autograd's own graph (to find
+    custom ``autograd.Function`` nodes, whose backward the tape cannot see).
     """
     tape = Tape()
     batch = image[None].clone()
+    if track_graph:
+        batch.requires_grad_(True)
     handle = None
     recorder = _Recorder(tape, None if layer is not None else batch)
     if layer is not None:
 
         def substitute(module, inputs, output):
-            replacement = output.detach().clone()
+            replacement = output.detach().clone().requires_grad_(track_graph)
             recorder.add_source(replacement)
             return replacement
 
@@ -205,3 +237,21 @@ def record(model: nn.Module, image: torch.Tensor, layer: nn.Module | None = None
     tape.output = recorder.output_ref(output)
     tape.result = output
     return tape
+
+
+def custom_functions(output: object) -> list[str]:
+    """Names of the custom ``autograd.Function`` nodes in the graph that produced ``output``."""
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return []
+    names, seen, stack = [], set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            name = type(node).__name__.removesuffix("Backward")
+            if name not in names:
+                names.append(name)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names

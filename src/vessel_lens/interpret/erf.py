@@ -43,8 +43,8 @@ COLOURING = ("auto", "always", "never")
 COARSE_STEP = 8
 """Mode ``global`` first computes every COARSE_STEP-th pixel in each direction."""
 MIN_PIXELS_PER_PASS = 2.0
-"""``colouring="auto"`` colours when each backward pass would serve at least this many pixels
-on average (an image about twice the field's area) and the strategy is not ``linear``."""
+"""``colouring="auto"`` considers colouring when each backward pass would serve at least this
+many pixels on average (an image about twice the field's area)."""
 
 Progress = Callable[[int], None] | None
 
@@ -115,7 +115,7 @@ def _add_dense(accumulator: Accumulator, flat: torch.Tensor, rows: torch.Tensor,
 
 
 def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor):
-    if colouring == "never" or (colouring == "auto" and engine.strategy == "linear"):
+    if colouring == "never":
         return None
     field = receptive_field(
         model,
@@ -126,8 +126,8 @@ def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor
     if not field.tight:
         if colouring == "always":
             raise ConfigError(
-                "colouring needs the model's structural receptive field, but an operation "
-                "without a rule makes it the whole image"
+                "colouring needs a bounded structural receptive field, but "
+                f"{'; '.join(field.reasons) or 'an operation'} makes it the whole image"
             )
         return None
     if colouring == "auto" and mean_group_size(flat, engine.width, periods(field)) < (
@@ -149,6 +149,69 @@ def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
     return [groups[i] for i in order.tolist()]
 
 
+PILOT_GROUPS = 4
+"""Colour groups in the trial batch of ``colouring="auto"``."""
+
+
+class _Run:
+    """Rows of one image computed plainly or coloured, fed to the accumulator.
+
+    ``cheaper`` decides by measuring: a first plain chunk and a small coloured batch (both kept
+    as part of the result) give the seconds per pixel of each; the rest goes the faster way.
+    Colouring can win even for the windowed ``linear`` strategy (a shallow network's windows
+    are small, so one pass serving many pixels costs little more than one serving a single
+    pixel) and lose for deep ones, so no fixed rule is right for every model.
+    """
+
+    def __init__(self, engine, accumulator, channels, progress):
+        self.engine, self.accumulator, self.channels = engine, accumulator, channels
+        self.progress = progress
+        self.passes = 0
+        self.coloured_rows = 0
+        self.choice = ""
+
+    def plain(self, flat: torch.Tensor, chunk: int) -> None:
+        for part, rows in self.engine.chunks(flat, chunk):
+            _add_dense(self.accumulator, part, rows, self.channels)
+            self.passes += len(part)
+            if self.progress is not None:
+                self.progress(len(part))
+
+    def coloured(self, groups: list[torch.Tensor], chunk: int, field) -> None:
+        for start in range(0, len(groups), chunk):
+            batch = groups[start : start + chunk]
+            part, rows, top, left = split_rows(combined_gradients(self.engine, batch), batch, field)
+            self.accumulator.add(part, magnitudes(rows, self.channels), top, left)
+            self.passes += len(batch)
+            self.coloured_rows += len(part)
+            if self.progress is not None:
+                self.progress(len(part))
+
+    def cheaper(self, flat: torch.Tensor, field, coarse: bool, chunk: int) -> None:
+        order = coarse_first(flat, self.engine.width) if coarse else flat
+        trial = order[:chunk]
+        started = time.perf_counter()
+        self.plain(trial, chunk)
+        plain_rate = (time.perf_counter() - started) / max(len(trial), 1)
+        rest = order[chunk:]
+        if len(rest) == 0:
+            self.choice = "plain (one chunk held every pixel)"
+            return
+        groups = _coloured_groups(rest, self.engine.width, field, coarse)
+        started = time.perf_counter()
+        self.coloured(groups[:PILOT_GROUPS], PILOT_GROUPS, field)
+        tried = sum(len(g) for g in groups[:PILOT_GROUPS])
+        coloured_rate = (time.perf_counter() - started) / max(tried, 1)
+        if coloured_rate < plain_rate:
+            self.choice = f"coloured ({coloured_rate * 1e3:.2f} vs {plain_rate * 1e3:.2f} ms/pixel)"
+            self.coloured(groups[PILOT_GROUPS:], chunk, field)
+        else:
+            self.choice = f"plain ({plain_rate * 1e3:.2f} vs {coloured_rate * 1e3:.2f} ms/pixel)"
+            left = torch.cat(groups[PILOT_GROUPS:]) if len(groups) > PILOT_GROUPS else rest[:0]
+            left = torch.sort(left).values
+            self.plain(coarse_first(left, self.engine.width) if coarse else left, chunk)
+
+
 def receptive_field_maps(
     model: nn.Module,
     image: torch.Tensor,
@@ -166,6 +229,7 @@ def receptive_field_maps(
     global_max: float | None = None,
     mass_fractions: Sequence[float] = MASS_FRACTIONS,
     progress: Progress = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ReceptiveFieldMaps:
     """Receptive-field maps of ``image`` (C, H, W) under ``model`` (see :mod:`.erf_maps`).
 
@@ -177,19 +241,31 @@ def receptive_field_maps(
         chunk_size: rows (or, when colouring, backward passes) per batch.
         channels: ``sum`` (magnitude summed over input channels) or ``separate``.
         target_class, output, strategy, device: as for :func:`~vessel_lens.interpret.jacobian`.
-        colouring: ``auto``, ``always`` or ``never`` (:mod:`._erf_colour`); ``auto`` colours
-            when the strategy is not ``linear`` and a pass serves >= 2 pixels on average.
+        colouring: ``auto``, ``always`` or ``never`` (:mod:`._erf_colour`); ``auto`` measures
+            a plain chunk and a small coloured batch (both part of the result) and finishes
+            the faster way, when the field is bounded and a pass serves >= 2 pixels on
+            average; ``metadata["colouring_choice"]`` says what it measured.
         global_max: the maximum for mode ``global``, when known (e.g. from a full run).
         mass_fractions: the q of the mass radii.
         progress: called with the number of pixels finished after each batch.
+        dtype: precision of the gradients (float32, or float64 for ill-conditioned models);
+            the maps are reduced in float32 either way.
     """
     fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
     if colouring not in COLOURING:
         raise ConfigError(f"colouring {colouring!r}: choose one of {', '.join(COLOURING)}")
     _check_chunk(chunk_size)
     started = time.perf_counter()
+    if dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"dtype {dtype}: receptive-field maps use float32 or float64")
     engine = JacobianEngine(
-        model, image, target_class=target_class, output=output, device=device, strategy=strategy
+        model,
+        image,
+        target_class=target_class,
+        output=output,
+        device=device,
+        strategy=strategy,
+        dtype=dtype,
     )
     if tuple(engine.source_shape[1:]) != (engine.height, engine.width):
         raise ConfigError("receptive-field maps need an output the size of the input")
@@ -201,23 +277,14 @@ def receptive_field_maps(
     coarse = accumulator.pending
     field = _plan_colouring(colouring, engine, model, flat)
     chunk = chunk_size or engine.default_chunk()
-    passes = 0
+    run = _Run(engine, accumulator, channels, progress)
     if field is None:
-        order = coarse_first(flat, engine.width) if coarse else flat
-        for part, rows in engine.chunks(order, chunk):
-            _add_dense(accumulator, part, rows, channels)
-            passes += len(part)
-            if progress is not None:
-                progress(len(part))
+        run.plain(coarse_first(flat, engine.width) if coarse else flat, chunk)
+    elif colouring == "always":
+        run.coloured(_coloured_groups(flat, engine.width, field, coarse), chunk, field)
     else:
-        groups = _coloured_groups(flat, engine.width, field, coarse)
-        for start in range(0, len(groups), chunk):
-            batch = groups[start : start + chunk]
-            part, rows, top, left = split_rows(combined_gradients(engine, batch), batch, field)
-            accumulator.add(part, magnitudes(rows, channels), top, left)
-            passes += len(batch)
-            if progress is not None:
-                progress(len(part))
+        run.cheaper(flat, field, coarse, chunk)
+    passes = run.passes
     reduced = accumulator.finish()
     strategy_used = engine.strategy
     probability = engine.probability.cpu()
@@ -225,8 +292,9 @@ def receptive_field_maps(
     gc.collect()  # the engine's recorded forward pass sits in a reference cycle
     metadata = {
         "strategy": strategy_used,
-        "colouring": field is not None,
-        "colour_period": list(periods(field)) if field is not None else None,
+        "colouring": run.coloured_rows > 0,
+        "colour_period": list(periods(field)) if run.coloured_rows else None,
+        "colouring_choice": run.choice,
         "backward_passes": passes,
         "rows": len(flat),
         "output": output,

@@ -30,7 +30,7 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._boxes import EMPTY, structural_boxes
-from vessel_lens.interpret._tape import record
+from vessel_lens.interpret._tape import custom_functions, record
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class ReceptiveField:
     method: str
     tight: bool = True
     boxes: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    reasons: tuple[str, ...] = ()
+    """Why the field is not tight: the operations that forced whole-map bounds."""
 
     @property
     def radius(self) -> int:
@@ -138,13 +140,22 @@ def receptive_field(
     device = (
         torch.device(device) if device else (parameter.device if parameter is not None else "cpu")
     )
-    tight = True
+    tight, reasons = True, ()
     if method == "structural":
         with frozen_eval(model):
-            tape = record(model, torch.zeros((in_channels, *size), device=device))
+            tape = record(model, torch.zeros((in_channels, *size), device=device), track_graph=True)
         if tape.output is None or tuple(tape.value(tape.output).shape[-2:]) != size:
             raise ConfigError("the model output must be (B, K, H, W) at the input's size")
-        boxes, tight = structural_boxes(tape)
+        custom = custom_functions(tape.result)
+        if custom:  # their backward is the user's code: nothing bounds it
+            boxes = torch.tensor([[0, size[0], 0, size[1]]]).expand(size[0] * size[1], 4)
+            boxes, tight = boxes.clone(), False
+            reasons = (f"custom autograd.Function {', '.join(custom)}",)
+        else:
+            structural = structural_boxes(tape)
+            boxes, tight = structural.boxes, structural.tight
+            reasons = tuple(structural.reasons)
+        del tape
     else:
         with frozen_eval(model):
             boxes = empirical_boxes(model, size, in_channels, device)
@@ -158,4 +169,4 @@ def receptive_field(
     down = int((boxes[:, 1] - 1 - rows)[valid].max())
     left = int((cols - boxes[:, 2])[valid].max())
     right = int((boxes[:, 3] - 1 - cols)[valid].max())
-    return ReceptiveField(up, down, left, right, size, method, tight, boxes)
+    return ReceptiveField(up, down, left, right, size, method, tight, boxes, reasons)

@@ -11,7 +11,9 @@ Three strategies compute the same numbers:
             BatchNorm-folded copy (any differentiable model).
 ``loop``    one ``torch.autograd.grad`` per output pixel: the original method, the reference.
 
-``auto`` uses ``linear`` when the model's operations all have rules and ``vmap`` otherwise.
+``auto`` uses ``linear`` when the model's operations all have rules, else ``vmap``, else
+``loop`` (models whose custom ``autograd.Function`` s torch.func cannot transform);
+:attr:`JacobianEngine.fallback` says why.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MEMORY_BUDGET = 1 << 30
 _MAX_CHUNK = {"linear": 256, "vmap": 64, "loop": 64}
 _MAX_CHUNK_CUDA = {"linear": 2048, "vmap": 512, "loop": 64}
+
+
+class _NoVmap(Exception):
+    """torch.func cannot transform the model."""
 
 
 def _model_device(model: nn.Module, image: torch.Tensor) -> torch.device:
@@ -87,6 +93,8 @@ class JacobianEngine:
             raise ConfigError(f"dtype {dtype} is only supported by the linear strategy")
         self.device = torch.device(device) if device is not None else _model_device(model, image)
         self.output, self.dtype, self.layer = output, dtype, layer
+        self.fallback = ""
+        """Why ``auto`` did not use a faster strategy (empty when it did not fall back)."""
         forward_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         image = (image[None] if image.dim() == 2 else image).to(self.device, forward_dtype)
         with frozen_eval(model):
@@ -163,6 +171,7 @@ class JacobianEngine:
             )
 
     def _build(self, model, image, module, source, strategy):
+        reasons = []
         if strategy in ("auto", "linear"):
             try:
                 return LinearStrategy(self.tape, self.dtype)
@@ -175,12 +184,38 @@ class JacobianEngine:
                     raise ConfigError(
                         f"dtype {self.dtype} needs the linear strategy: {exc}"
                     ) from None
+                reasons.append(f"linear: {exc}")
         self.tape = None
-        if strategy == "loop":
-            function = forward_from(model, image[None], module)
-            return LoopStrategy(function, source, self.target_class, self.output)
+        if strategy in ("auto", "vmap"):
+            try:
+                return self._vmap(model, image, module, source)
+            except _NoVmap as exc:
+                if strategy == "vmap":
+                    raise ConfigError(f"strategy 'vmap' cannot handle this model: {exc}") from None
+                reasons.append(f"vmap: {exc}")
+            finally:
+                self.fallback = "; ".join(reasons)
+        function = forward_from(model, image[None], module)
+        return LoopStrategy(function, source, self.target_class, self.output)
+
+    def _vmap(self, model, image, module, source) -> VmapStrategy:
+        """The vmap strategy, tried on one row: torch.func refuses some models (custom
+        autograd.Functions without ``setup_context`` or a vmap rule) only when it runs."""
         work = model if module is not None else fold_batch_norm(model, image[None])
-        return VmapStrategy(forward_from(work, image[None], module), source)
+        try:
+            impl = VmapStrategy(forward_from(work, image[None], module), source)
+            flat = torch.zeros(1, dtype=torch.long)
+            seeds = output_seeds(self.logits, flat, self.target_class, self.output)
+            impl.rows(flat.to(self.device), seeds.to(self.device, self.dtype))
+        except RuntimeError as exc:
+            text = str(exc)
+            if "autograd.Function" in text or "functorch" in text or "vmap" in text:
+                raise _NoVmap(
+                    "the model uses a custom autograd.Function that torch.func cannot "
+                    "transform (it needs setup_context and a vmap rule)"
+                ) from None
+            raise
+        return impl
 
     def rows(self, flat: torch.Tensor) -> torch.Tensor:
         """Jacobian rows for flat output pixel indices: (N, *source shape) in ``dtype``."""
