@@ -115,7 +115,7 @@ def test_a_custom_backward_makes_the_field_whole_and_auto_falls_back_to_loop():
     assert "linear:" in engine.fallback and "vmap:" in engine.fallback
     with pytest.raises(ConfigError, match="strategy 'vmap' cannot handle this model"):
         JacobianEngine(model, image, strategy="vmap")
-    with pytest.raises(ConfigError, match="custom autograd.Function"):
+    with pytest.raises(ConfigError, match=r"custom autograd\.Function"):
         receptive_field_maps(model, image, (0.1,), "pixel", colouring="always")
 
 

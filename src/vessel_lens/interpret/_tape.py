@@ -165,9 +165,9 @@ class _Recorder(TorchDispatchMode):
         """A tensor changed in place through one of its aliases no longer holds what the tape
         says its producer made: reading it afterwards cannot be followed."""
         for leaf in pytree.tree_leaves(arguments):
-            if isinstance(leaf, torch.Tensor) and id(leaf) in self.stale:
-                if not self.tape.unsupported:
-                    self.tape.unsupported = self.stale[id(leaf)]
+            stale = isinstance(leaf, torch.Tensor) and id(leaf) in self.stale
+            if stale and not self.tape.unsupported:
+                self.tape.unsupported = self.stale[id(leaf)]
 
     def _snapshot(self, tensor: torch.Tensor) -> None:
         """Before an in-place op overwrites a recorded tensor, keep its old value on the tape
