@@ -258,18 +258,19 @@ def _prepare_batch_norm(prep: Prepared, i: int, entry: Entry, users: list[list[i
 
 def _prepare_statistics(prep: Prepared, i: int, entry: Entry, dims, groups) -> None:
     """Normalisation with the input's own statistics (BatchNorm without running statistics,
-    InstanceNorm, GroupNorm): the normalised input x̂, 1/σ and the affine weight, each as
-    (1, C, H, W) or broadcastable, in float64 (see :func:`._rules_norm.statistics_rule`)."""
+    InstanceNorm, GroupNorm; ``groups`` None means one group per channel): the normalised
+    input x̂ (1, C, H, W), and per channel 1/σ of its group and the affine weight (1, C, 1, 1)
+    (see :func:`._rules_norm.statistics_rule`)."""
     x = prep.value(entry.args[0]).double()
     eps = _eps(entry)
     channels = int(x.shape[1])
-    grouped = x.reshape(1, groups or channels, -1, *x.shape[2:]) if groups else x
-    reduce = (2, 3, 4) if groups else dims
-    mean = grouped.mean(reduce, keepdim=True)
-    var = grouped.var(reduce, keepdim=True, unbiased=False)
+    groups = groups or channels
+    grouped = x.reshape(1, groups, -1)
+    mean = grouped.mean(2, keepdim=True)
+    var = grouped.var(2, keepdim=True, unbiased=False)
     rstd = torch.rsqrt(var + eps)
     normalised = ((grouped - mean) * rstd).reshape(x.shape)
-    rstd_full = rstd.expand_as(grouped).reshape(x.shape) if groups else rstd.expand_as(x)
+    per_channel = rstd.expand(1, groups, channels // groups).reshape(1, channels, 1, 1)
     weight = prep.constant(entry.args[1])
     weight = (
         torch.ones(channels, dtype=torch.float64)
@@ -277,10 +278,11 @@ def _prepare_statistics(prep: Prepared, i: int, entry: Entry, dims, groups) -> N
         else weight.detach().double().reshape(-1)
     )
     prep.consts[i] = {
-        "normalised": normalised.to(prep.dtype),
-        "rstd": rstd_full.to(prep.dtype),
+        "normalised": _channels_last(normalised.to(prep.dtype)),
+        "rstd": per_channel.to(prep.dtype),
         "weight": weight.reshape(1, -1, 1, 1).to(prep.dtype),
         "groups": groups,
+        "count": grouped.shape[2],
     }
 
 

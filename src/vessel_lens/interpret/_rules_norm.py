@@ -27,24 +27,26 @@ def _normalise_backward(g, normalised, rstd, weight, dims):
 
 
 def statistics_rule(prep: Prepared, i: int, entry: Entry, grad: Window):
-    """BatchNorm without running statistics, InstanceNorm and GroupNorm (dense result)."""
+    """BatchNorm without running statistics, InstanceNorm and GroupNorm (dense result).
+
+    Per group, 1/σ is one number, so the two means only need sums over the window, and the
+    dense part of the result is ``-(r·mean(ĝ)) - (r·mean(ĝ·x̂))·x̂``: one pass over the map,
+    plus ``r·ĝ`` added inside the window."""
     consts = prep.consts[i]
     source = entry.args[0]
-    height, width = spatial(prep.value(source))
-    dense = grad.dense(height, width)
-    normalised, rstd, weight, groups = (
-        consts["normalised"], consts["rstd"], consts["weight"], consts["groups"]
-    )  # fmt: skip
-    if groups:
-        n, c = dense.shape[:2]
-        g = (dense * weight).reshape(n, groups, c // groups, height, width)
-        x = normalised.reshape(1, groups, c // groups, height, width)
-        r = rstd.reshape(1, groups, c // groups, height, width)
-        ones = torch.ones((), dtype=g.dtype, device=g.device)
-        result = _normalise_backward(g, x, r, ones, (2, 3, 4)).reshape(dense.shape)
-    else:
-        result = _normalise_backward(dense, normalised, rstd, weight, (2, 3))
-    return [(source, Window(result.contiguous(memory_format=torch.channels_last), 0, 0, True))]
+    normalised, rstd, weight = consts["normalised"], consts["rstd"], consts["weight"]
+    groups, count = consts["groups"], consts["count"]
+    n, channels = grad.data.shape[:2]
+    g = grad.data * weight
+    inside = grad.crop(normalised)
+    sums = torch.stack([g.sum((2, 3)), (g * inside).sum((2, 3))])  # (2, N, C)
+    sums = sums.reshape(2, n, groups, -1).sum(3, keepdim=True) / count
+    sums = sums.expand(2, n, groups, channels // groups).reshape(2, n, channels, 1, 1)
+    scale = rstd.reshape(1, channels, 1, 1)
+    result = torch.addcmul(-(scale * sums[0]), normalised, -(scale * sums[1]))
+    result = result.contiguous(memory_format=torch.channels_last)
+    grad.crop(result).add_(g * scale)
+    return [(source, Window(result, 0, 0, True))]
 
 
 def layer_norm_rule(prep: Prepared, i: int, entry: Entry, grad: Window):

@@ -149,8 +149,9 @@ def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
     return [groups[i] for i in order.tolist()]
 
 
-PILOT_GROUPS = 4
-"""Colour groups in the trial batch of ``colouring="auto"``."""
+PILOT_GROUPS = 32
+"""Colour groups in the trial batch of ``colouring="auto"`` (enough for batching to pay as it
+does in the full run; small batches overstate colouring's cost)."""
 
 
 class _Run:
