@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from vessel_lens.interpret._grammar import RandomChooser, random_model
+from vessel_lens.interpret._grammar import RandomChooser, random_model, runs
 from vessel_lens.interpret.proof import check_model
 
 
@@ -37,7 +37,7 @@ def main() -> int:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    failures, chosen, tight = 0, collections.Counter(), 0
+    failures, chosen, tight, skipped = 0, collections.Counter(), 0, 0
     started = time.perf_counter()
     for seed in range(args.start, args.start + args.seeds):
         chooser = RandomChooser(seed)
@@ -48,6 +48,9 @@ def main() -> int:
         )
         generator = torch.Generator().manual_seed(seed)
         image = torch.rand(drawn.in_channels, *size, generator=generator)
+        if not runs(drawn.model, image):
+            skipped += 1
+            continue
         clock = time.perf_counter()
         try:
             report = check_model(drawn.model, image, smooth=None if drawn.routes else drawn.smooth)
@@ -65,10 +68,13 @@ def main() -> int:
                   f"{' '.join(drawn.description)}")  # fmt: skip
             for problem in problems:
                 print(f"    {problem}")
+        if report is not None:
+            for note in report.notes:
+                print(f"    note: {note}")
     seconds = time.perf_counter() - started
     print(
         f"{args.seeds} models (seeds {args.start}..{args.start + args.seeds - 1}), "
-        f"{failures} failed, {tight} with a tight field, auto chose {dict(chosen)}, "
+        f"{skipped} skipped (PyTorch refuses the input size), {failures} failed, {tight} with a tight field, auto chose {dict(chosen)}, "
         f"{seconds:.0f} s"
     )
     return 1 if failures else 0

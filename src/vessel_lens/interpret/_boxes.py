@@ -26,6 +26,7 @@ from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import _ops as ops
 from vessel_lens.interpret._axes import (
     EMPTY,
+    AxisMap,
     NotSeparable,
     affine_map,
     routing_maps,
@@ -203,19 +204,11 @@ def _nonempty(box: torch.Tensor) -> torch.Tensor:
 def _whole(box: torch.Tensor, size: tuple[int, int], axes=(0, 1)) -> torch.Tensor:
     """``box`` widened to the whole of ``size`` along ``axes`` (empty boxes stay empty)."""
     out = box.clone()
+    live = _nonempty(box)
     for axis in axes:
-        out[:, 2 * axis] = 0
-        out[:, 2 * axis + 1] = size[axis]
+        out[:, 2 * axis] = torch.where(live, 0, EMPTY)
+        out[:, 2 * axis + 1] = torch.where(live, size[axis], -EMPTY)
     return out
-
-
-def _axis_conv(lo, hi, s, p, d, k, transposed):
-    if transposed:
-        new_lo = torch.div(lo + p - d * (k - 1) + s - 1, s, rounding_mode="floor")
-        new_hi = torch.div(hi - 1 + p, s, rounding_mode="floor") + 1
-    else:
-        new_lo, new_hi = lo * s - p, (hi - 1) * s - p + d * (k - 1) + 1
-    return new_lo, new_hi
 
 
 def _pair(value, default):
@@ -226,27 +219,64 @@ def _pair(value, default):
     return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
 
 
-def _window_rule(entry: Entry, box: torch.Tensor) -> torch.Tensor:
-    """Rectangle read by a sliding-window op (convolution or pooling): (kernel, stride, ...)."""
+def window_geometry(entry: Entry):
+    """(kernel, stride, padding, dilation, transposed) of a convolution or pooling call."""
     func = entry.func
     if func is ops.CONVOLUTION:
-        kernel = tuple(entry.args[1].shape[-2:]) if not isinstance(entry.args[1], Ref) else None
-        stride, padding, dilation = entry.args[3], entry.args[4], entry.args[5]
-        transposed = bool(entry.args[6])
-    else:
-        args = list(entry.args) + [None] * 6
-        kernel = _pair(args[1], 1)
-        stride = _pair(args[2], kernel)
-        padding = _pair(args[3], 0)
-        dilation = _pair(args[4], 1) if func is ops.MAX_POOL else (1, 1)
-        transposed = False
-    out = box.clone()
+        weight = entry.args[1]
+        kernel = tuple(int(k) for k in weight.shape[-2:])
+        stride, padding = _pair(entry.args[3], 1), _pair(entry.args[4], 0)
+        return kernel, stride, padding, _pair(entry.args[5], 1), bool(entry.args[6])
+    args = list(entry.args) + [None] * 6
+    kernel = _pair(args[1], 1)
+    stride = _pair(args[2], kernel)
+    padding = _pair(args[3], 0)
+    dilation = _pair(args[4], 1) if func is ops.MAX_POOL else (1, 1)
+    return kernel, stride, padding, dilation, False
+
+
+def window_maps(entry: Entry, in_size, out_size) -> list[AxisMap]:
+    """Per axis, exactly which input positions each output position of a convolution or
+    pooling reads (dilated taps leave gaps, and at the borders only the taps inside the input
+    count), as :class:`~._axes.AxisMap` s."""
+    kernel, stride, padding, dilation, transposed = window_geometry(entry)
+    maps = []
     for axis in (0, 1):
-        lo, hi = box[:, 2 * axis], box[:, 2 * axis + 1]
-        out[:, 2 * axis], out[:, 2 * axis + 1] = _axis_conv(
-            lo, hi, stride[axis], padding[axis], dilation[axis], kernel[axis], transposed
-        )
-    return out
+        s, p, d, k = stride[axis], padding[axis], dilation[axis], kernel[axis]
+        o = torch.arange(out_size[axis])[:, None]
+        taps = torch.arange(k)[None, :]
+        if transposed:  # input i writes outputs i*s - p + j*d
+            numerator = o + p - taps * d
+            reads = torch.div(numerator, s, rounding_mode="floor")
+            valid = (numerator % s == 0) & (reads >= 0) & (reads < in_size[axis])
+        else:
+            reads = o * s - p + taps * d
+            valid = (reads >= 0) & (reads < in_size[axis])
+        first = torch.where(valid, reads, EMPTY).amin(1)
+        last = torch.where(valid, reads, -EMPTY).amax(1)
+        maps.append(AxisMap(first, last, in_size[axis]))
+    return maps
+
+
+def _contiguous_reader(entry: Entry) -> bool:
+    """A convolution or pooling that reads every input position between its first and last
+    (dilation 1, stride at most the kernel): the set it reads from a box is the whole box."""
+    if entry.func not in (ops.CONVOLUTION, ops.MAX_POOL, ops.AVG_POOL):
+        return False
+    kernel, stride, _, dilation, transposed = window_geometry(entry)
+    return not transposed and all(dilation[a] == 1 and stride[a] <= kernel[a] for a in (0, 1))
+
+
+def _straddles_reflection(entry: Entry, box: torch.Tensor, in_size) -> bool:
+    """Whether some box crosses a reflection point of a reflection pad (where the map from
+    output to input positions turns back)."""
+    pad = list(ops.arg_of(entry, 1, "padding"))
+    for axis, (before, after) in enumerate(((pad[2], pad[3]), (pad[0], pad[1]))):
+        lo, hi = box[:, 2 * axis], box[:, 2 * axis + 1] - 1
+        for point, width in ((before, before), (before + in_size[axis] - 1, after)):
+            if width > 0 and bool(((lo < point) & (hi > point)).any()):
+                return True
+    return False
 
 
 def _through_maps(box: torch.Tensor, maps) -> torch.Tensor:
@@ -265,6 +295,7 @@ class _Propagator:
         self.tape = tape
         self.needed = needed_entries(tape)
         self.layout = layouts(tape, self.needed)
+        self.users = tape.users()
         self.tight = True
         self.reasons: list[str] = []
         self._maps: dict[int, object] = {}
@@ -289,7 +320,7 @@ class _Propagator:
             in_size = _spatial(value, in_layout)
             new, reason = self._rule(entry, i, position, ref, value, in_layout, in_size, box,
                                      out_value, out_layout, out_size)  # fmt: skip
-            if reason is not None:
+            if reason is not None and bool(_nonempty(box).any()):
                 self._inexact(reason)
             parts.append((ref, _clip(new, in_size)))
         return parts
@@ -333,7 +364,9 @@ class _Propagator:
         if func is ops.CONVOLUTION or func in (ops.MAX_POOL, ops.AVG_POOL):
             if position != 0 or (isinstance(entry.args[1], Ref) and func is ops.CONVOLUTION):
                 return fallback
-            return _window_rule(entry, box), None
+            if i not in self._maps:
+                self._maps[i] = window_maps(entry, in_size, out_size)
+            return _through_maps(box, self._maps[i]), None
         if func is ops.CONSTANT_PAD:
             pad = list(entry.args[1]) + [0] * 4
             return box - torch.tensor([pad[2], pad[2], pad[0], pad[0]]), None
@@ -343,11 +376,15 @@ class _Propagator:
             return self._cat(entry, ref, value, in_layout, in_size, box, out_size, fallback)
         if func in ops.RESAMPLING or func in ops.INDEX_PADS:
             maps = self._axis_maps(i, entry, in_size, out_size)
-            return (
-                (fallback[0], f"{func} ({maps})")
-                if isinstance(maps, str)
-                else (_through_maps(box, maps), None)
-            )
+            if isinstance(maps, str):
+                return fallback[0], f"{func} ({maps})"
+            reason = None
+            reflection = func is ops.aten.reflection_pad2d.default
+            if reflection and _straddles_reflection(entry, box, in_size):
+                readers = [self.tape.entries[u] for u in self.users[i] if self.needed[u]]
+                if len(readers) != 1 or not _contiguous_reader(readers[0]):
+                    reason = "reflection padding read with gaps (dilation or stride)"
+            return _through_maps(box, maps), reason
         if func is ops.ADAPTIVE_MAX_POOL:
             return _through_maps(box, routing_maps(entry, in_size, out_size)), None
         if func in ops.SHUFFLES:

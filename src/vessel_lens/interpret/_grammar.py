@@ -376,6 +376,17 @@ class _Recording:
         return value
 
 
+def runs(model: nn.Module, image: torch.Tensor) -> bool:
+    """Whether the model accepts an input of this size (a drawn reflection pad can be wider
+    than a deep, downsampled map, which PyTorch refuses)."""
+    try:
+        with torch.no_grad():
+            model(image[None])
+    except RuntimeError:
+        return False
+    return True
+
+
 def randomise(model: nn.Module, seed: int) -> nn.Module:
     """Random weights (uniform, scaled by fan-in) and BatchNorm statistics; eval mode."""
     generator = torch.Generator().manual_seed(seed)
