@@ -136,7 +136,7 @@ def _output_layout(tape: Tape, entry: Entry, known: dict[Ref, Layout]) -> Layout
     if func in ops.REDUCTIONS:
         return _reduced_layout(entry, source, layout)
     if func is ops.CAT:
-        parts = [known.get(r) for r in entry.args[0] if isinstance(r, Ref)]
+        parts = [known[r] for r in entry.args[0] if isinstance(r, Ref) and r in known]
         return parts[0] if parts and all(p == parts[0] for p in parts) else None
     if func in SAME_LAYOUT:
         candidates = set()

@@ -34,12 +34,14 @@ from vessel_lens.interpret._inputs import flat_pixels
 from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps, build_maps
 from vessel_lens.interpret.field import receptive_field
 from vessel_lens.interpret.jacobian import JacobianEngine, _check_chunk
+from vessel_lens.interpret.local import LOCAL_PIXELS, CropJacobian, plan_crops
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude
 
 DEFAULT_FRACTIONS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5)
 MASS_FRACTIONS = (0.5, 0.9)
 CHANNEL_MODES = ("sum", "separate")
 COLOURING = ("auto", "always", "never")
+CROPS = ("auto", "always", "never")
 COARSE_STEP = 8
 """Mode ``global`` first computes every COARSE_STEP-th pixel in each direction."""
 MIN_PIXELS_PER_PASS = 2.0
@@ -231,6 +233,7 @@ def receptive_field_maps(
     mass_fractions: Sequence[float] = MASS_FRACTIONS,
     progress: Progress = None,
     dtype: torch.dtype = torch.float32,
+    crops: str = "auto",
 ) -> ReceptiveFieldMaps:
     """Receptive-field maps of ``image`` (C, H, W) under ``model`` (see :mod:`.erf_maps`).
 
@@ -251,6 +254,10 @@ def receptive_field_maps(
         progress: called with the number of pixels finished after each batch.
         dtype: precision of the gradients (float32, or float64 for ill-conditioned models);
             the maps are reduced in float32 either way.
+        crops: ``auto`` (images over 1024x1024 pixels), ``always`` or ``never``: compute
+            each cell of pixels on a crop holding their receptive fields (:mod:`.local`), so a
+            3000x3000 image needs no whole-image forward pass; ``probability`` is then known
+            at the computed pixels only (NaN elsewhere).
     """
     fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
     if colouring not in COLOURING:
@@ -259,6 +266,15 @@ def receptive_field_maps(
     started = time.perf_counter()
     if dtype not in (torch.float32, torch.float64):
         raise ConfigError(f"dtype {dtype}: receptive-field maps use float32 or float64")
+    if crops not in CROPS:
+        raise ConfigError(f"crops {crops!r}: choose one of {', '.join(CROPS)}")
+    if crops == "always" or (crops == "auto" and image.shape[-2] * image.shape[-1] > LOCAL_PIXELS):
+        options = dict(target_class=target_class, output=output, device=device,
+                       strategy=strategy, dtype=dtype)  # fmt: skip
+        return _maps_on_crops(
+            model, image, pixels, chunk_size, channels, fractions, mode, mass_fractions,
+            global_max, progress, options, started,
+        )  # fmt: skip
     engine = JacobianEngine(
         model,
         image,
@@ -311,6 +327,61 @@ def receptive_field_maps(
         mass_fractions=mass_fractions,
         channels_out=channels_out,
         probability=probability,
+        metadata=metadata,
+    )
+
+
+def _maps_on_crops(model, image, pixels, chunk_size, channels, fractions, mode, mass_fractions,
+                   global_max, progress, options, started):  # fmt: skip
+    """:func:`receptive_field_maps` cell by cell on crops (see :mod:`.local`)."""
+    if image.dim() == 2:
+        image = image[None]
+    height, width = (int(s) for s in image.shape[-2:])
+    plan = plan_crops(model, int(image.shape[0]), options["device"])
+    engine = CropJacobian(model, image.float(), plan, **options)
+    flat = torch.unique(flat_pixels(pixels, height, width))
+    channels_out = 1 if channels == "sum" else int(image.shape[0])
+    accumulator = Accumulator(
+        height, width, channels_out, fractions, mode, mass_fractions, global_max
+    )
+    for part, rows, top, left in engine.chunks(flat, chunk_size):
+        magnitude, inner_top, inner_left = _trimmed(magnitudes(rows, channels))
+        n = len(part)
+        accumulator.add(
+            part,
+            magnitude,
+            torch.full((n,), top + inner_top, dtype=torch.long),
+            torch.full((n,), left + inner_left, dtype=torch.long),
+        )
+        if progress is not None:
+            progress(n)
+    reduced = accumulator.finish()
+    metadata = {
+        "strategy": engine.strategy,
+        "colouring": False,
+        "colour_period": None,
+        "backward_passes": len(flat),
+        "rows": len(flat),
+        "output": options["output"],
+        "target_class": options["target_class"],
+        "kept_entries_peak": reduced.kept_peak,
+        "crops": engine.crops,
+        "crop_plan": {
+            "radius": plan.radius,
+            "period": plan.period,
+            "margin": plan.margin,
+            "cell": plan.cell,
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    return build_maps(
+        reduced,
+        fractions=fractions,
+        mode=mode,
+        channels=channels,
+        mass_fractions=mass_fractions,
+        channels_out=channels_out,
+        probability=engine.probability,
         metadata=metadata,
     )
 
