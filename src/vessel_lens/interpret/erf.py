@@ -16,6 +16,7 @@ import gc
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,6 +83,42 @@ def check_options(
         if not (math.isfinite(global_max) and global_max >= 0):
             raise ConfigError(f"global_max {global_max}: must be a finite number >= 0")
     return fractions, mass_fractions
+
+
+@dataclass(frozen=True)
+class _Reduction:
+    """The checked threshold options of one image's maps, and where its rows reduce to."""
+
+    fractions: tuple[float, ...]
+    mode: str
+    channels: str
+    mass_fractions: tuple[float, ...]
+    global_max: float | None
+    height: int
+    width: int
+    in_channels: int
+
+    @property
+    def channels_out(self) -> int:
+        return 1 if self.channels == "sum" else self.in_channels
+
+    def accumulator(self) -> Accumulator:
+        return Accumulator(
+            self.height, self.width, self.channels_out, self.fractions, self.mode,
+            self.mass_fractions, self.global_max,
+        )  # fmt: skip
+
+    def maps(self, reduced, probability, metadata) -> ReceptiveFieldMaps:
+        return build_maps(
+            reduced,
+            fractions=self.fractions,
+            mode=self.mode,
+            channels=self.channels,
+            mass_fractions=self.mass_fractions,
+            channels_out=self.channels_out,
+            probability=probability,
+            metadata={**metadata, "kept_entries_peak": reduced.kept_peak},
+        )
 
 
 def coarse_first(flat: torch.Tensor, width: int, step: int = COARSE_STEP) -> torch.Tensor:
@@ -268,13 +305,18 @@ def receptive_field_maps(
         raise ConfigError(f"dtype {dtype}: receptive-field maps use float32 or float64")
     if crops not in CROPS:
         raise ConfigError(f"crops {crops!r}: choose one of {', '.join(CROPS)}")
+    if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ConfigError(f"image must be a (C, H, W) or (H, W) tensor, not {shape}")
+    if image.dim() == 2:
+        image = image[None]
+    reduction = _Reduction(fractions, mode, channels, mass_fractions, global_max,
+                           int(image.shape[-2]), int(image.shape[-1]), int(image.shape[0]))  # fmt: skip
     if crops == "always" or (crops == "auto" and image.shape[-2] * image.shape[-1] > LOCAL_PIXELS):
         options = dict(target_class=target_class, output=output, device=device,
                        strategy=strategy, dtype=dtype)  # fmt: skip
-        return _maps_on_crops(
-            model, image, pixels, chunk_size, channels, fractions, mode, mass_fractions,
-            global_max, progress, options, started,
-        )  # fmt: skip
+        return _maps_on_crops(model, image, pixels, chunk_size, reduction, progress, options,
+                              started)  # fmt: skip
     engine = JacobianEngine(
         model,
         image,
@@ -287,10 +329,7 @@ def receptive_field_maps(
     if tuple(engine.source_shape[1:]) != (engine.height, engine.width):
         raise ConfigError("receptive-field maps need an output the size of the input")
     flat = torch.unique(flat_pixels(pixels, engine.height, engine.width))
-    channels_out = 1 if channels == "sum" else int(engine.source_shape[0])
-    accumulator = Accumulator(
-        engine.height, engine.width, channels_out, fractions, mode, mass_fractions, global_max
-    )
+    accumulator = reduction.accumulator()
     coarse = accumulator.pending
     field = _plan_colouring(colouring, engine, model, flat)
     chunk = chunk_size or engine.default_chunk()
@@ -316,36 +355,19 @@ def receptive_field_maps(
         "rows": len(flat),
         "output": output,
         "target_class": target_class,
-        "kept_entries_peak": reduced.kept_peak,
         "seconds": time.perf_counter() - started,
     }
-    return build_maps(
-        reduced,
-        fractions=fractions,
-        mode=mode,
-        channels=channels,
-        mass_fractions=mass_fractions,
-        channels_out=channels_out,
-        probability=probability,
-        metadata=metadata,
-    )
+    return reduction.maps(reduced, probability, metadata)
 
 
-def _maps_on_crops(model, image, pixels, chunk_size, channels, fractions, mode, mass_fractions,
-                   global_max, progress, options, started):  # fmt: skip
+def _maps_on_crops(model, image, pixels, chunk_size, reduction, progress, options, started):
     """:func:`receptive_field_maps` cell by cell on crops (see :mod:`.local`)."""
-    if image.dim() == 2:
-        image = image[None]
-    height, width = (int(s) for s in image.shape[-2:])
-    plan = plan_crops(model, int(image.shape[0]), options["device"])
+    plan = plan_crops(model, reduction.in_channels, options["device"])
     engine = CropJacobian(model, image.float(), plan, **options)
-    flat = torch.unique(flat_pixels(pixels, height, width))
-    channels_out = 1 if channels == "sum" else int(image.shape[0])
-    accumulator = Accumulator(
-        height, width, channels_out, fractions, mode, mass_fractions, global_max
-    )
+    flat = torch.unique(flat_pixels(pixels, reduction.height, reduction.width))
+    accumulator = reduction.accumulator()
     for part, rows, top, left in engine.chunks(flat, chunk_size):
-        magnitude, inner_top, inner_left = _trimmed(magnitudes(rows, channels))
+        magnitude, inner_top, inner_left = _trimmed(magnitudes(rows, reduction.channels))
         n = len(part)
         accumulator.add(
             part,
@@ -355,7 +377,6 @@ def _maps_on_crops(model, image, pixels, chunk_size, channels, fractions, mode, 
         )
         if progress is not None:
             progress(n)
-    reduced = accumulator.finish()
     metadata = {
         "strategy": engine.strategy,
         "colouring": False,
@@ -364,7 +385,6 @@ def _maps_on_crops(model, image, pixels, chunk_size, channels, fractions, mode, 
         "rows": len(flat),
         "output": options["output"],
         "target_class": options["target_class"],
-        "kept_entries_peak": reduced.kept_peak,
         "crops": engine.crops,
         "crop_plan": {
             "radius": plan.radius,
@@ -374,16 +394,7 @@ def _maps_on_crops(model, image, pixels, chunk_size, channels, fractions, mode, 
         },
         "seconds": time.perf_counter() - started,
     }
-    return build_maps(
-        reduced,
-        fractions=fractions,
-        mode=mode,
-        channels=channels,
-        mass_fractions=mass_fractions,
-        channels_out=channels_out,
-        probability=engine.probability,
-        metadata=metadata,
-    )
+    return reduction.maps(accumulator.finish(), engine.probability, metadata)
 
 
 def _resolve_rows(source, pixels, probability):
@@ -448,10 +459,9 @@ def receptive_field_maps_from_jacobian(
         raise ConfigError(f"{n} rows but {len(flat)} pixels: give one pixel per row")
     if len(torch.unique(flat)) != len(flat):
         raise ConfigError("pixels repeat: each output pixel may have only one row")
-    channels_out = 1 if channels == "sum" else in_channels
-    accumulator = Accumulator(
-        height, width, channels_out, fractions, mode, mass_fractions, global_max
-    )
+    reduction = _Reduction(fractions, mode, channels, mass_fractions, global_max, height, width,
+                           in_channels)  # fmt: skip
+    accumulator = reduction.accumulator()
     step = chunk_size or 256
     for start in range(0, n, step):
         block = rows[start : start + step]
@@ -461,16 +471,5 @@ def receptive_field_maps_from_jacobian(
     reduced = accumulator.finish()
     if probability is None:
         probability = torch.full((height, width), float("nan"))
-    metadata.update(
-        rows=n, kept_entries_peak=reduced.kept_peak, seconds=time.perf_counter() - started
-    )
-    return build_maps(
-        reduced,
-        fractions=fractions,
-        mode=mode,
-        channels=channels,
-        mass_fractions=mass_fractions,
-        channels_out=channels_out,
-        probability=probability,
-        metadata=metadata,
-    )
+    metadata.update(rows=n, seconds=time.perf_counter() - started)
+    return reduction.maps(reduced, probability, metadata)
