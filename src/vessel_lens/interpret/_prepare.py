@@ -338,8 +338,6 @@ def _prepare_softmax(prep: Prepared, i: int, entry: Entry) -> None:
 
 
 def _prepare_reduction(prep: Prepared, i: int, entry: Entry) -> None:
-    if entry.func not in (aten.mean.dim, aten.sum.dim_IntList):
-        raise Unsupported(f"no linearised rule for {entry.name}")
     if not bool(arg_of(entry, 2, "keepdim", False)):
         raise Unsupported(f"{entry.name} without keepdim")
     source = entry.args[0]
@@ -349,6 +347,12 @@ def _prepare_reduction(prep: Prepared, i: int, entry: Entry) -> None:
     if 0 in dims:
         raise Unsupported(f"{entry.name} over the batch dimension")
     x = prep.value(source)
+    if entry.func in (aten.amax.default, aten.amin.default):
+        # the gradient goes to the extreme values, shared equally between ties (as autograd)
+        chosen = (x == prep.value(_key(i, entry))).to(prep.dtype)
+        share = chosen / chosen.sum(dims, keepdim=True)
+        prep.consts[i] = {"dims": dims, "scale": _channels_last(share)}
+        return
     count = 1
     for d in dims:
         count *= int(x.shape[d])

@@ -79,7 +79,8 @@ def softmax_rule(prep: Prepared, i: int, entry: Entry, grad: Window):
 
 
 def reduction_rule(prep: Prepared, i: int, entry: Entry, grad: Window):
-    """mean/sum with keepdim: the cotangent spread over the reduced dimensions."""
+    """mean/sum/amax/amin with keepdim: the cotangent spread over the reduced dimensions
+    (evenly, or to the extreme values)."""
     consts = prep.consts[i]
     source = entry.args[0]
     shape = prep.value(source).shape
@@ -93,7 +94,11 @@ def reduction_rule(prep: Prepared, i: int, entry: Entry, grad: Window):
             top = 0
         if d == 3:
             left = 0
-    data = data.expand(target) * scale
+    data = data.expand(target)
+    if isinstance(scale, torch.Tensor):  # amax/amin: the share of each input in the extreme
+        data = data * Window(data, top, left).crop(scale)
+    else:
+        data = data * scale
     return [(source, Window(data.contiguous(memory_format=torch.channels_last), top, left, True))]
 
 
