@@ -16,6 +16,7 @@ Scaling rules (documented in the README):
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,20 @@ def _read_tiff(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read TIFF ({_short(exc)})") from None
+        raise DataError(f"{path}: cannot read TIFF ({_tiff_reason(exc)})") from None
     if _channels_first(array.shape):
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _tiff_reason(exc: Exception) -> str:
+    """tifffile's reason, or which codec is missing and how to install it."""
+    match = re.search(
+        r"<(?:COMPRESSION|PREDICTOR)\.(\w+): \d+> requires the 'imagecodecs'", str(exc)
+    )
+    if match:
+        return f"its {match[1]} compression needs the imagecodecs package: pip install imagecodecs"
+    return _short(exc)
 
 
 def _channels_first(shape: tuple[int, ...]) -> bool:
