@@ -50,6 +50,7 @@ def evaluate(
         out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
     written = ("per_image.csv", "panels") if panels else ("per_image.csv",)
     out = fresh_output_dir(out, overwrite, "metrics.json", written)
+    masked = all(s.mask is not None for s in samples)
     result = evaluate_model(model, samples, dev, out / "panels" if panels else None, flip_average)
     files = write_evaluation(
         result,
@@ -59,9 +60,11 @@ def evaluate(
             "data": dataset.name,
             "split": split,
             "flip_average": flip_average,
+            "masks": masked,
         },
     )
-    typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}")
+    inside = " (pixels inside the field-of-view masks)" if masked else ""
+    typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}{inside}")
     for line in format_table(result):
         typer.echo(line)
     typer.echo(

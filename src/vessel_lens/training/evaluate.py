@@ -56,7 +56,8 @@ def evaluate_model(
     flip_average: bool = False,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate ``model`` (put in eval mode) on labelled whole images."""
+    """Evaluate ``model`` (put in eval mode) on labelled whole images; in samples with a
+    field-of-view mask only the pixels inside count."""
     model.eval()
     result = Evaluation()
     total = Confusion()
@@ -65,10 +66,13 @@ def evaluate_model(
     has_skeletons = False
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         probability = vessel_probability(model, sample.image, device, flip_average)
-        metrics, counts, skeleton_hits = image_metrics(probability, sample.label, sample.skeleton)
+        metrics, counts, skeleton_hits = image_metrics(
+            probability, sample.label, sample.skeleton, mask=sample.mask
+        )
         total = total + counts
-        all_prob.append(probability.numpy().ravel())
-        all_label.append(sample.label.numpy().ravel())
+        inside = slice(None) if sample.mask is None else sample.mask.bool()
+        all_prob.append(probability[inside].numpy().ravel())
+        all_label.append(sample.label[inside].numpy().ravel())
         if skeleton_hits is not None:
             skeleton_total = skeleton_total + skeleton_hits
             has_skeletons = True
@@ -85,7 +89,8 @@ def evaluate_model(
 
 
 def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: Path) -> Path:
-    """Input / ground truth / prediction / error map, with Dice and IoU in the title."""
+    """Input / ground truth / prediction / error map (grey outside the field-of-view mask),
+    with Dice and IoU in the title."""
     prediction = (probability > 0.5).numpy()
     figure = new_figure(12, 3.4)
     axes = figure.subplots(1, 4)
@@ -95,8 +100,9 @@ def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: 
     axes[1].set_title("ground truth")
     axes[2].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
     axes[2].set_title("prediction (probability)")
-    axes[3].imshow(error_map(prediction, sample.label.numpy()))
-    axes[3].set_title("errors: FP red, FN blue")
+    mask = None if sample.mask is None else sample.mask.numpy()
+    axes[3].imshow(error_map(prediction, sample.label.numpy(), mask))
+    axes[3].set_title("errors: FP red, FN blue" + ("" if mask is None else ", outside grey"))
     hide_axes(axes)
     figure.suptitle(f"{sample.stem}   Dice {metrics['dice']:.3f}   IoU {metrics['iou']:.3f}")
     return save_figure(figure, path)
