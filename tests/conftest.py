@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def vessmap_root() -> Path:
             pytest.fail(f"{reason} (CI is set, so the integration tests must run)")
         pytest.skip(reason)
     return VESSMAP
+
+
+@pytest.fixture
+def core_dependencies() -> list[str]:
+    """Names of the packages pyproject.toml lists as core dependencies."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    return [
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0] for d in pyproject["project"]["dependencies"]
+    ]
 
 
 def _write_image(path: Path, array: np.ndarray) -> Path:

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.training.inference import DEFAULT_OVERLAP, vessel_probability
 from vessel_lens.training.metrics import (
     METRIC_NAMES,
     Confusion,
@@ -55,9 +55,12 @@ def evaluate_model(
     panels: Path | None = None,
     flip_average: bool = False,
     progress: bool = True,
+    tile: int = 0,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> Evaluation:
     """Evaluate ``model`` (put in eval mode) on labelled whole images; in samples with a
-    field-of-view mask only the pixels inside count."""
+    field-of-view mask only the pixels inside count. ``tile``/``overlap``: sliding windows
+    for images with a longer side (see :func:`vessel_probability`)."""
     model.eval()
     result = Evaluation()
     total = Confusion()
@@ -65,7 +68,9 @@ def evaluate_model(
     skeleton_total = SkeletonCounts()
     has_skeletons = False
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
-        probability = vessel_probability(model, sample.image, device, flip_average)
+        probability = vessel_probability(
+            model, sample.image, device, flip_average, tile=tile, overlap=overlap
+        )
         metrics, counts, skeleton_hits = image_metrics(
             probability, sample.label, sample.skeleton, mask=sample.mask
         )
