@@ -100,13 +100,13 @@ def _fov_mask(height: int, width: int) -> np.ndarray:
     return (inside * 255).astype(np.uint8)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fov_mask() -> Callable[[int, int], np.ndarray]:
     """``fov_mask(height, width)``: the inscribed ellipse as a uint8 {0, 255} mask."""
     return _fov_mask
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_image() -> Callable[[Path, np.ndarray], Path]:
     """Writer of one image file, the format taken from the suffix."""
     return _write_image
@@ -118,7 +118,7 @@ def write_palette_gif() -> Callable[..., Path]:
     return _write_palette_gif
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sample_arrays() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``sample_arrays(height, width, seed)``: image, label and skeleton of one tiny sample."""
     return _sample_arrays
