@@ -35,6 +35,7 @@ def evaluate(
     """Evaluate a checkpoint on whole images: table on stdout, JSON, CSV and PNG panels."""
     from vessel_lens.cli._common import fresh_output_dir
     from vessel_lens.data.source import open_dataset
+    from vessel_lens.data.statistics import data_statistics, distribution_warnings
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError
     from vessel_lens.models import load_model
@@ -66,6 +67,8 @@ def evaluate(
         tile=tile,
         overlap=overlap,
     )
+    recorded = ckpt.metadata.get("training_data")
+    warnings = distribution_warnings(recorded, data_statistics(samples), result.predicted_fraction)
     files = write_evaluation(
         result,
         out,
@@ -77,8 +80,12 @@ def evaluate(
             "tile": tile,
             "overlap": overlap,
             "masks": masked,
+            "training_data": recorded,
+            "warnings": warnings,
         },
     )
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     inside = " (pixels inside the field-of-view masks)" if masked else ""
     typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}{inside}")
     for line in format_table(result):

@@ -29,11 +29,19 @@ from vessel_lens.viz.figures import error_map, hide_axes, new_figure, save_figur
 
 @dataclass
 class Evaluation:
-    """Metrics per image (rows), their mean over images, and pooled over all pixels."""
+    """Metrics per image (rows), their mean over images, pooled over all pixels, and the
+    pooled confusion counts behind them."""
 
     per_image: list[dict[str, float | str]] = field(default_factory=list)
     mean: dict[str, float] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
+    counts: Confusion = field(default_factory=Confusion)
+
+    @property
+    def predicted_fraction(self) -> float:
+        """Fraction of the counted pixels predicted vessel."""
+        c = self.counts
+        return (c.tp + c.fp) / max(c.tp + c.fp + c.fn + c.tn, 1)
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +93,7 @@ def evaluate_model(
         if panels is not None:
             write_panel(sample, probability, metrics, panels / f"{sample.stem}.png")
     result.mean = {name: _mean(result.per_image, name) for name in METRIC_NAMES}
+    result.counts = total
     result.pooled = overlap_scores(total)
     result.pooled["auc"] = roc_auc(np.concatenate(all_prob), np.concatenate(all_label))
     if has_skeletons:

@@ -32,6 +32,7 @@ from vessel_lens.data.datasets import CropDataset
 from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.splits import write_splits
+from vessel_lens.data.statistics import data_statistics
 from vessel_lens.devices import resolve_device
 from vessel_lens.distributed import DistContext, init_distributed
 from vessel_lens.errors import (
@@ -124,6 +125,7 @@ class Trainer:
         self.dataset = dataset
         self.train_samples = dataset.subset("train")
         self.val_samples = dataset.subset("val")
+        self.data_statistics = data_statistics(self.train_samples)  # for evaluate's check
         in_channels = int(self.train_samples[0].image.shape[0])
         self.model_kwargs = {**config.model_kwargs, "in_channels": in_channels}
         torch.manual_seed(config.seed)
@@ -201,6 +203,7 @@ class Trainer:
             "data": self.dataset.name,
             "split_source": self.dataset.split_source,
             "masks": {"dataset": self.dataset.has_masks, "loss": bool(self.config.mask_loss)},
+            "training_data": self.data_statistics,
             "splits": self.dataset.splits if self.dataset.split_source != "dataset" else {},
             "train_seconds": round(self.elapsed, 1),
             "torch": str(torch.__version__),
