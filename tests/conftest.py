@@ -112,7 +112,7 @@ def write_image() -> Callable[[Path, np.ndarray], Path]:
     return _write_image
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_palette_gif() -> Callable[..., Path]:
     """Writer of one palette GIF: ``write_palette_gif(path, indices, palette)``."""
     return _write_palette_gif
