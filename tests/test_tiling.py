@@ -131,3 +131,10 @@ def test_monai_is_imported_lazily_and_without_torchvision():
 
 def test_monai_is_a_core_dependency(core_dependencies):
     assert "monai" in core_dependencies
+
+
+def test_the_command_line_and_the_library_share_the_overlap():
+    from vessel_lens.cli import _common
+    from vessel_lens.training import inference
+
+    assert _common.DEFAULT_OVERLAP == inference.DEFAULT_OVERLAP

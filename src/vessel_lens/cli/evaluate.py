@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import DEFAULT_TILE, OverlapOption, TileOption
+from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
 
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
 
@@ -27,7 +27,7 @@ def evaluate(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = 0.25,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier evaluation in --out.")
     ] = False,
@@ -112,7 +112,7 @@ def predict(
     ] = 0.5,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = 0.25,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""

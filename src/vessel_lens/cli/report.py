@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import DEFAULT_TILE, OverlapOption, TileOption
+from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
 
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
 
@@ -95,7 +95,7 @@ def report(
     ] = 96,
     seed: Annotated[int, typer.Option(help="Seed of the random parts.")] = 0,
     tile: TileOption = DEFAULT_TILE,
-    overlap: OverlapOption = 0.25,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     threads: Annotated[
         int,
