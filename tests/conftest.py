@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def vessmap_root() -> Path:
             pytest.fail(f"{reason} (CI is set, so the integration tests must run)")
         pytest.skip(reason)
     return VESSMAP
+
+
+@pytest.fixture
+def core_dependencies() -> list[str]:
+    """Names of the packages pyproject.toml lists as core dependencies."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    return [
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0] for d in pyproject["project"]["dependencies"]
+    ]
 
 
 def _write_image(path: Path, array: np.ndarray) -> Path:
@@ -80,19 +91,34 @@ def _sample_arrays(height: int, width: int, seed: int) -> tuple[np.ndarray, np.n
     return image, label, skeleton
 
 
-@pytest.fixture
+def _fov_mask(height: int, width: int) -> np.ndarray:
+    """A field-of-view mask like a fundus camera's: the inscribed ellipse, uint8 in {0, 255}."""
+    y, x = np.mgrid[0:height, 0:width]
+    inside = ((y - (height - 1) / 2) / (height / 2)) ** 2 + (
+        (x - (width - 1) / 2) / (width / 2)
+    ) ** 2 <= 1
+    return (inside * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fov_mask() -> Callable[[int, int], np.ndarray]:
+    """``fov_mask(height, width)``: the inscribed ellipse as a uint8 {0, 255} mask."""
+    return _fov_mask
+
+
+@pytest.fixture(scope="session")
 def write_image() -> Callable[[Path, np.ndarray], Path]:
     """Writer of one image file, the format taken from the suffix."""
     return _write_image
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_palette_gif() -> Callable[..., Path]:
     """Writer of one palette GIF: ``write_palette_gif(path, indices, palette)``."""
     return _write_palette_gif
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sample_arrays() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``sample_arrays(height, width, seed)``: image, label and skeleton of one tiny sample."""
     return _sample_arrays
@@ -102,7 +128,8 @@ def sample_arrays() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
 def make_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory writing a VessMAP-like folder into ``tmp_path``; returns the folder.
 
-    ``splits`` maps split names to stems and is written to ``splits/<name>.txt``.
+    ``splits`` maps split names to stems and is written to ``splits/<name>.txt``; ``masks``
+    writes field-of-view masks (:func:`_fov_mask`) to ``masks/``.
     """
 
     def make(
@@ -113,6 +140,7 @@ def make_dataset(tmp_path: Path) -> Callable[..., Path]:
         label_suffix: str = ".png",
         skeletons: bool = True,
         splits: dict[str, list[str]] | None = None,
+        masks: bool = False,
     ) -> Path:
         root = tmp_path / name
         for i in range(count):
@@ -122,6 +150,8 @@ def make_dataset(tmp_path: Path) -> Callable[..., Path]:
             _write_image(root / "labels" / f"{stem}{label_suffix}", label)
             if skeletons:
                 _write_image(root / "skeletons" / f"{stem}.png", skeleton)
+            if masks:
+                _write_image(root / "masks" / f"{stem}.png", _fov_mask(*size))
         for split, stems in (splits or {}).items():
             (root / "splits").mkdir(parents=True, exist_ok=True)
             (root / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))

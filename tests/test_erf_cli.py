@@ -345,6 +345,28 @@ def test_erf_stats_on_a_tiny_set_with_known_classes(tmp_path, make_dataset):
         )
 
 
+def test_erf_stats_count_only_pixels_inside_the_masks(tmp_path, make_dataset):
+    data = make_dataset(count=2, size=(20, 24), masks=True)
+    erf_dir = tmp_path / "erf"
+    erf_dir.mkdir()
+    crop = (2, 3, 16, 16)
+    labels = [known_maps(data, erf_dir, stem, crop) for stem in ("s00", "s01")]
+    samples = open_dataset(str(data)).samples
+    result = erf_stats(StatsConfig(erf_dir=erf_dir, data=str(data)))
+    inside = torch.stack([samples[s].mask[2:18, 3:19] for s in ("s00", "s01")])
+    truth = torch.stack([label for label, _ in labels])[inside]
+    predicted = torch.stack([p for _, p in labels])[inside]
+    by_class = {
+        (r["grouping"], r["group"]): r for r in read_rows(erf_dir / "stats" / "stats_by_class.csv")
+    }
+    assert int(by_class[("outcome", "TP")]["pixels"]) == int((predicted & truth).sum())
+    assert int(by_class[("outcome", "FP")]["pixels"]) == int((predicted & ~truth).sum())
+    assert int(by_class[("outcome", "TN")]["pixels"]) == int((~predicted & ~truth).sum())
+    assert len(result.pixels["predicted"]) == int(inside.sum()) < 2 * 16 * 16
+    outside = 2 * 16 * 16 - int(inside.sum())
+    assert f"left out {outside} pixels outside the field-of-view masks" in result.lines
+
+
 def test_two_stores_of_one_image_are_refused(setup, tmp_path):
     checkpoint, data, out = setup
     grads = tmp_path / "grads"

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vessel_lens.cli import main
+from vessel_lens.data import io as data_io
 from vessel_lens.data.index import index_dataset
-from vessel_lens.data.io import MAX_SIDE, MIN_SIDE, read_image, read_mask
+from vessel_lens.data.io import MIN_SIDE, read_image, read_mask
 from vessel_lens.data.samples import load_samples
 from vessel_lens.errors import CheckpointError, DataError, VesselLensError
 from vessel_lens.models import create_model, read_checkpoint, save_checkpoint
@@ -112,10 +113,11 @@ def test_sizes_and_pixel_types(tmp_path, height, width, kind, suffix):
     assert image.dtype == np.float32 and image.min() >= 0.0 and image.max() <= 1.0
 
 
-def test_huge_image_refused_before_decoding(tmp_path):
+def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_io, "MAX_IMAGE_BYTES", 2**20)
     path = tmp_path / "huge.png"
-    Image.new("L", (5000, 5000)).save(path)
-    with pytest.raises(DataError, match=f"limit is {MAX_SIDE}"):
+    Image.new("L", (1000, 1000)).save(path)
+    with pytest.raises(DataError, match="the limit is 1 MiB"):
         read_image(path)
 
 

@@ -228,6 +228,17 @@ def test_app_gradient_on_cuda_matches_cpu(workspace):
     app.vessel_lens_state.jobs.shutdown(wait=10)
 
 
+def test_sliding_windows_on_cuda_match_cpu_and_return_to_the_cpu():
+    from vessel_lens.training.inference import vessel_probability
+
+    model = reference_model()
+    image = torch.rand(1, 300, 250)
+    cpu = vessel_probability(model, image, "cpu", tile=96)
+    cuda = vessel_probability(model.to(CUDA), image, CUDA, tile=96)
+    assert cuda.device.type == "cpu"  # blended on the CPU; only windows went to the GPU
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_demo_on_cuda(tmp_path):
     run_cli("demo", "--out", str(tmp_path / "demo"), "--device", CUDA, "--no-progress")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import tifffile
@@ -256,19 +259,48 @@ def test_corrupt_mask_is_refused(tmp_path):
     assert str(path) in str(info.value)
 
 
-def test_too_large_png_is_refused_before_decoding(tmp_path):
-    side = io.MAX_SIDE + 1
-    path = tmp_path / "huge.png"
-    Image.new("L", (side, side)).save(path)
-    assert path.stat().st_size < 1_000_000  # the header claims far more than the file holds
-    with pytest.raises(DataError, match=f"limit is {io.MAX_SIDE}") as info:
+def png_claiming(path, height: int, width: int, mode: str = "L"):
+    """A tiny PNG whose header claims ``height`` x ``width`` pixels (it holds far fewer)."""
+    Image.new(mode, (16, 16)).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("shape", [(20, 4100), (4500, 16)])
+def test_sides_beyond_the_old_4096_limit_read(tmp_path, write_image, shape):
+    for suffix in (".png", ".tif"):
+        image = read_image(write_image(tmp_path / f"long{suffix}", np.zeros(shape, np.uint8)))
+        assert image.shape == (1, *shape)
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_too_large_png_is_refused_before_decoding_naming_the_limit(tmp_path, mode, channels):
+    # just over the budget as float32 pixels of every stored channel
+    side = int((io.MAX_IMAGE_BYTES / (4 * channels)) ** 0.5) + 1
+    path = png_claiming(tmp_path / "huge.png", side, side, mode)
+    assert path.stat().st_size < 1_000
+    with pytest.raises(DataError, match=f"the limit is {io.MAX_IMAGE_BYTES // 2**20} MiB") as info:
         read_image(path)
     assert str(path) in str(info.value)
+    assert f"{side}x{side}" in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
 
 
-def test_too_large_tiff_is_refused(tmp_path, write_image):
-    path = write_image(tmp_path / "wide.tif", np.zeros((20, io.MAX_SIDE + 1), dtype=np.uint8))
-    with pytest.raises(DataError, match=f"limit is {io.MAX_SIDE}"):
+def test_png_beyond_pillows_own_limit_is_refused_naming_ours(tmp_path):
+    path = png_claiming(tmp_path / "bomb.png", 20_000, 20_000)
+    with pytest.raises(DataError, match=f"the limit is {io.MAX_IMAGE_BYTES // 2**20} MiB"):
+        read_image(path)
+
+
+def test_just_under_the_budget_is_not_refused_for_its_size(tmp_path, monkeypatch, write_image):
+    monkeypatch.setattr(io, "MAX_IMAGE_BYTES", 40 * 50 * 3 * 4)
+    assert read_image(write_image(tmp_path / "ok.tif", np.zeros((40, 50, 3), np.uint8))).shape
+    path = write_image(tmp_path / "big.tif", np.zeros((40, 51, 3), np.uint8))
+    with pytest.raises(DataError, match=r"40x51x3 .* the limit is"):
         read_image(path)
 
 

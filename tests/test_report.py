@@ -215,12 +215,29 @@ def test_default_pixels():
     assert [why for *_, why in choose_pixels(probability, None)] == ["vessel", "background"]
 
 
+def test_default_pixels_lie_inside_the_field_of_view_mask():
+    probability = torch.full((9, 9), 0.3)
+    probability[4, 2:7] = 0.95
+    probability[0, 0] = 0.8  # a false positive, outside the mask
+    probability[6:9, 6:9] = 0.01  # the clearest background, outside the mask
+    label = probability > 0.5
+    label[0, 0] = False
+    mask = torch.zeros(9, 9, dtype=torch.bool)
+    mask[1:6, 1:6] = True
+    chosen = choose_pixels(probability, label, mask)
+    assert [why for *_, why in chosen] == ["vessel", "background"]
+    assert all(bool(mask[r, c]) for r, c, _ in chosen)
+
+
 def test_crop_and_run_folder_helpers(tmp_path, run_folder):
     from vessel_lens.data.samples import Sample
 
     sample = Sample("a", torch.rand(1, 40, 50), torch.zeros(40, 50, dtype=torch.bool))
     cropped = crop_sample(sample, 20)
     assert cropped.size == (20, 20) and torch.equal(cropped.image, sample.image[:, 10:30, 15:35])
+    assert cropped.mask is None
+    sample.mask = torch.rand(40, 50) > 0.5
+    assert torch.equal(crop_sample(sample, 20).mask, sample.mask[10:30, 15:35])
     assert find_run_folder(None, run_folder / "best.pt") == (run_folder, "")
     assert find_run_folder(None, tmp_path / "x.pt")[0] is None
 

@@ -104,7 +104,8 @@ def _probability(ctx: LayerContext) -> LayerResult:
 
 
 def _errors(ctx: LayerContext) -> LayerResult:
-    label = ctx.view.crop(ctx.state.sample(ctx.view.key).label)
+    sample = ctx.state.sample(ctx.view.key)
+    label = ctx.view.crop(sample.label)
     title = "Errors against the label (TP white, FP red, FN blue)"
     if label is None:
         return LayerResult(None, title, "this image has no label")
@@ -114,11 +115,16 @@ def _errors(ctx: LayerContext) -> LayerResult:
     values[predicted & truth] = 1
     values[predicted & ~truth] = 2
     values[~predicted & truth] = 3
+    note = ""
+    mask = ctx.view.crop(sample.mask)
+    if mask is not None:  # not scored, as in vessel-lens evaluate
+        values[~mask.numpy()] = np.nan
+        note = "pixels outside the field-of-view mask are blank"
     scale = []
     for i, colour in enumerate(ERROR_COLOURS):
         scale += [[i / 4, colour], [(i + 1) / 4, colour]]
     style = {"colorscale": scale, "zmin": -0.5, "zmax": 3.5, "hover": "%{z:.0f}", "bar": False}
-    return LayerResult(values, title, "", style)
+    return LayerResult(values, title, note, style)
 
 
 MASS_FRACTION = 0.9

@@ -4,8 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from vessel_lens.errors import ConfigError
+
+DEFAULT_TILE = 1024
+"""``--tile`` of the commands that predict whole images."""
+DEFAULT_OVERLAP = 0.25
+"""``--overlap``: as ``vessel_lens.training.inference.DEFAULT_OVERLAP`` (torch-free here)."""
+TileOption = Annotated[
+    int,
+    typer.Option(
+        help="Predict an image with a side longer than this in overlapping TILE x TILE "
+        "windows blended with Gaussian weights (MONAI's sliding_window_inference), so memory "
+        "grows with the tile, not the image; 0: always the whole image in one pass."
+    ),
+]
+OverlapOption = Annotated[
+    float, typer.Option(help="Fraction of each --tile window shared with its neighbours.")
+]
 
 
 def print_table(rows: Iterable[tuple[str, str]]) -> None:

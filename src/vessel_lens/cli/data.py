@@ -14,7 +14,8 @@ def check(
     data: Annotated[
         Path,
         typer.Option(
-            help="Dataset folder (images/, labels/[, skeletons/, splits/]) or CSV manifest."
+            help="Dataset folder (images/, labels/[, skeletons/, masks/, splits/]) or CSV "
+            "manifest (image,label[,skeleton][,mask][,split])."
         ),
     ],
     preview: Annotated[

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
+
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
 
 
@@ -24,6 +26,8 @@ def evaluate(
         bool, typer.Option(help="Average predictions over the four flips.")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier evaluation in --out.")
     ] = False,
@@ -31,11 +35,14 @@ def evaluate(
     """Evaluate a checkpoint on whole images: table on stdout, JSON, CSV and PNG panels."""
     from vessel_lens.cli._common import fresh_output_dir
     from vessel_lens.data.source import open_dataset
+    from vessel_lens.data.statistics import data_statistics, distribution_warnings
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError
     from vessel_lens.models import load_model
     from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
+    from vessel_lens.training.inference import check_tiling
 
+    check_tiling(tile, overlap)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, dev)
     dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1, checkpoint=ckpt)
@@ -50,7 +57,18 @@ def evaluate(
         out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
     written = ("per_image.csv", "panels") if panels else ("per_image.csv",)
     out = fresh_output_dir(out, overwrite, "metrics.json", written)
-    result = evaluate_model(model, samples, dev, out / "panels" if panels else None, flip_average)
+    masked = all(s.mask is not None for s in samples)
+    result = evaluate_model(
+        model,
+        samples,
+        dev,
+        out / "panels" if panels else None,
+        flip_average,
+        tile=tile,
+        overlap=overlap,
+    )
+    recorded = ckpt.metadata.get("training_data")
+    warnings = distribution_warnings(recorded, data_statistics(samples), result.predicted_fraction)
     files = write_evaluation(
         result,
         out,
@@ -59,9 +77,17 @@ def evaluate(
             "data": dataset.name,
             "split": split,
             "flip_average": flip_average,
+            "tile": tile,
+            "overlap": overlap,
+            "masks": masked,
+            "training_data": recorded,
+            "warnings": warnings,
         },
     )
-    typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}")
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
+    inside = " (pixels inside the field-of-view masks)" if masked else ""
+    typer.echo(f"{len(samples)} images of split {split!r} in {dataset.name}{inside}")
     for line in format_table(result):
         typer.echo(line)
     typer.echo(
@@ -85,16 +111,30 @@ def predict(
         float, typer.Option(help="Probability above which a pixel is vessel.")
     ] = 0.5,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""
     from vessel_lens.devices import resolve_device
     from vessel_lens.models import load_model
+    from vessel_lens.training.inference import check_tiling
     from vessel_lens.training.predict import predict_folder
 
+    check_tiling(tile, overlap)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, dev)
-    written = predict_folder(model, images, out, model_channels(ckpt), dev, threshold, overwrite)
+    written = predict_folder(
+        model,
+        images,
+        out,
+        model_channels(ckpt),
+        dev,
+        threshold,
+        overwrite,
+        tile=tile,
+        overlap=overlap,
+    )
     typer.echo(f"wrote {len(written)} files to {out}")
     return 0
 

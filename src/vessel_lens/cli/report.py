@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
+
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
 
 
@@ -92,6 +94,8 @@ def report(
         int, typer.Option(help="Side of the window attribution panels show (0: whole image).")
     ] = 96,
     seed: Annotated[int, typer.Option(help="Seed of the random parts.")] = 0,
+    tile: TileOption = DEFAULT_TILE,
+    overlap: OverlapOption = DEFAULT_OVERLAP,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     threads: Annotated[
         int,
@@ -131,6 +135,8 @@ def report(
         sanity_images=sanity_images,
         seed=seed,
         zoom=zoom,
+        tile=tile,
+        overlap=overlap,
         **({"methods": split_values(methods)} if methods else {}),
         sanity_methods=split_values(sanity_methods) if sanity_methods else list(SANITY_METHODS),
         deletion_methods=(
@@ -160,8 +166,13 @@ def report(
         "split": split,
         "images": ", ".join(s.stem for s in samples),
         "crop": f"centred {crop}x{crop}" if crop else "whole images",
+        "probability": f"sliding {tile}x{tile} windows, overlap {overlap:g}, beyond {tile} px"
+        if tile
+        else "whole images in one pass",
         "device": str(dev),
     }
+    if all(s.mask is not None for s in samples):
+        description["field of view"] = "masks: pixels outside are not chosen, grey in the errors"
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -14,7 +14,14 @@ import typer
 
 from vessel_lens.training.config import TrainConfig
 
-_OPTION_TYPES = {"str | None": str, "str": str, "int": int, "float": float, "bool": bool}
+_OPTION_TYPES = {
+    "str | None": str,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "bool | None": bool,
+}
 
 
 def _config_parameters() -> list[inspect.Parameter]:

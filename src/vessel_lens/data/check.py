@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vessel_lens.data.index import DatasetIndex, index_dataset
-from vessel_lens.data.samples import NonBinaryMaskWarning, Sample, load_sample
+from vessel_lens.data.samples import NonBinaryMaskWarning, Sample, load_sample, read_fov_mask
 from vessel_lens.data.splits import resolve_splits
 from vessel_lens.errors import DataError
 
@@ -58,6 +59,15 @@ class CheckReport:
             rows.append(
                 ("skeletons", "yes" if self.index.has_skeletons else "no (clDice unavailable)")
             )
+            masks = [float(s.mask.float().mean()) for s in self.samples if s.mask is not None]
+            rows.append(
+                (
+                    "masks",
+                    f"yes (field of view: mean {np.mean(masks):.3f} of the image)"
+                    if masks
+                    else "no (every pixel counts)",
+                )
+            )
         if self.split_sizes:
             sizes = ", ".join(f"{k} {v}" for k, v in self.split_sizes.items())
             rows.append(("split", f"{sizes} ({self.split_source})"))
@@ -83,7 +93,11 @@ def check_dataset(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonBinaryMaskWarning)
             try:
-                sample = load_sample(files, keep_channels)
+                # the mask separately, so that each of its problems gets its own line
+                sample = load_sample(dataclasses.replace(files, mask=None), keep_channels)
+                if files.mask is not None:
+                    sample.mask, problems = read_fov_mask(files.mask, sample.size, files.image)
+                    report.errors.extend(problems)
             except DataError as exc:
                 report.errors.append(str(exc))
                 continue
@@ -99,6 +113,12 @@ def check_dataset(
             if outside:
                 report.warnings.append(
                     f"{files.skeleton}: {outside} skeleton pixel(s) lie outside the label"
+                )
+        if sample.mask is not None and sample.label is not None:
+            outside = int((sample.label & ~sample.mask).sum())
+            if outside:
+                report.warnings.append(
+                    f"{files.label}: {outside} vessel pixel(s) lie outside the mask {files.mask}"
                 )
         if crop_size is not None and min(sample.size) < crop_size:
             report.errors.append(

@@ -21,7 +21,8 @@ class CropDataset(Dataset):
     resumed at an epoch boundary sees the crops it would have seen. Call :meth:`set_epoch`.
 
     Items: ``image`` float32 (C, S, S), ``label`` int64 (S, S), ``skeleton`` bool (S, S) or
-    an all-False tensor when the dataset has none.
+    an all-False tensor when the dataset has none, ``mask`` bool (S, S): the field of view,
+    all True when the sample has no mask.
     """
 
     def __init__(
@@ -63,17 +64,15 @@ class CropDataset(Dataset):
         generator = torch.Generator().manual_seed(
             ((self.seed * 1_000_003 + self.epoch) * 100_019 + index) & (2**63 - 1)
         )
-        skeleton = sample.skeleton
-        if skeleton is None:
-            skeleton = torch.zeros(sample.size, dtype=torch.bool)
-        image, label, skel = paired_crop_flip(
-            [sample.image, sample.label, skeleton],
+        skeleton, mask = _skeleton_and_mask(sample)
+        image, label, skel, mask = paired_crop_flip(
+            [sample.image, sample.label, skeleton, mask],
             self.crop_size,
             generator,
             flips=self.flips,
             rotations=self.rotations,
         )
-        return {"image": image, "label": label.long(), "skeleton": skel}
+        return {"image": image, "label": label.long(), "skeleton": skel, "mask": mask}
 
 
 class WholeImageDataset(Dataset):
@@ -88,5 +87,20 @@ class WholeImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.samples[index]
         label = s.label.long() if s.label is not None else torch.zeros(s.size, dtype=torch.long)
-        skeleton = s.skeleton if s.skeleton is not None else torch.zeros(s.size, dtype=torch.bool)
-        return {"image": s.image, "label": label, "skeleton": skeleton, "index": index}
+        skeleton, mask = _skeleton_and_mask(s)
+        return {
+            "image": s.image,
+            "label": label,
+            "skeleton": skeleton,
+            "mask": mask,
+            "index": index,
+        }
+
+
+def _skeleton_and_mask(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample's skeleton (all False without one) and mask (all True without one)."""
+    skeleton = sample.skeleton
+    if skeleton is None:
+        skeleton = torch.zeros(sample.size, dtype=torch.bool)
+    mask = sample.mask if sample.mask is not None else torch.ones(sample.size, dtype=torch.bool)
+    return skeleton, mask

@@ -1,9 +1,10 @@
-"""Finding the image/label/skeleton files of a dataset: a VessMAP-like folder or a CSV manifest.
+"""Finding the image/label/skeleton/mask files of a dataset: a VessMAP-like folder or a CSV
+manifest.
 
-A *folder* holds ``images/``, ``labels/``, optionally ``skeletons/`` and
-``splits/{train,val,test}.txt``; files are paired by stem. A *manifest* is a CSV file with
-columns ``image,label`` and optionally ``skeleton`` and ``split``; paths are relative to the
-CSV's folder (absolute paths are accepted too).
+A *folder* holds ``images/``, ``labels/``, optionally ``skeletons/``, ``masks/`` (field-of-view
+masks) and ``splits/{train,val,test}.txt``; files are paired by stem. A *manifest* is a CSV file
+with columns ``image,label`` and optionally ``skeleton``, ``mask`` and ``split``; paths are
+relative to the CSV's folder (absolute paths are accepted too).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class SampleFiles:
-    """The files of one sample. ``stem`` names the sample in outputs."""
+    """The files of one sample. ``stem`` names the sample in outputs; ``mask`` is the field of
+    view (non-zero inside)."""
 
     stem: str
     image: Path
     label: Path | None = None
     skeleton: Path | None = None
+    mask: Path | None = None
 
 
 @dataclass
@@ -52,6 +55,10 @@ class DatasetIndex:
     @property
     def has_skeletons(self) -> bool:
         return all(s.skeleton is not None for s in self.samples)
+
+    @property
+    def has_masks(self) -> bool:
+        return all(s.mask is not None for s in self.samples)
 
     def get(self, stem: str) -> SampleFiles:
         try:
@@ -111,27 +118,28 @@ def _read_split_files(root: Path, stems: set[str]) -> dict[str, list[str]]:
 def index_folder(root: Path) -> DatasetIndex:
     image_dir = root / "images"
     if not image_dir.is_dir():
-        raise DataError(f"{root}: no images/ folder (expected images/, labels/[, skeletons/])")
+        raise DataError(
+            f"{root}: no images/ folder (expected images/, labels/[, skeletons/, masks/])"
+        )
     images = _files_by_stem(image_dir)
     if not images:
         raise DataError(f"{image_dir}: folder holds no images")
     labels = _files_by_stem(root / "labels") if (root / "labels").is_dir() else {}
-    skeletons = _files_by_stem(root / "skeletons") if (root / "skeletons").is_dir() else {}
-    for kind, files in (("label", labels), ("skeleton", skeletons)):
+    partners = {
+        kind: _files_by_stem(root / folder) if (root / folder).is_dir() else {}
+        for kind, folder in (("label", "labels"), ("skeleton", "skeletons"), ("mask", "masks"))
+    }
+    for kind, files in partners.items():
         orphans = sorted(set(files) - set(images))
         if orphans:
             path = files[orphans[0]]
             raise DataError(f"{path}: {kind} has no image with stem {orphans[0]!r}")
-    if labels:
-        missing = sorted(set(images) - set(labels))
-        if missing:
-            raise DataError(f"{images[missing[0]]}: image has no label in {root / 'labels'}")
-    if skeletons:
-        missing = sorted(set(images) - set(skeletons))
-        if missing:
-            raise DataError(f"{images[missing[0]]}: image has no skeleton in {root / 'skeletons'}")
+        missing = sorted(set(images) - set(files))
+        if files and missing:
+            raise DataError(f"{images[missing[0]]}: image has no {kind} in {root / (kind + 's')}")
+    labels, skeletons, masks = partners["label"], partners["skeleton"], partners["mask"]
     samples = [
-        SampleFiles(stem, images[stem], labels.get(stem), skeletons.get(stem))
+        SampleFiles(stem, images[stem], labels.get(stem), skeletons.get(stem), masks.get(stem))
         for stem in sorted(images)
     ]
     return DatasetIndex(root, "folder", samples, _read_split_files(root, set(images)))
@@ -156,7 +164,7 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
         if required not in columns:
             raise DataError(
                 f"{csv_path}: manifest has no {required!r} column (columns: "
-                f"{', '.join(columns) or 'none'}; expected image,label[,skeleton][,split])"
+                f"{', '.join(columns) or 'none'}; expected image,label[,skeleton][,mask][,split])"
             )
     base = csv_path.parent
     samples: list[SampleFiles] = []
@@ -175,9 +183,12 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
             continue
         image = _manifest_path(base, row["image"], csv_path, row_number, "image")
         label = _manifest_path(base, row["label"], csv_path, row_number, "label")
-        skeleton = None
-        if row.get("skeleton", "").strip():
-            skeleton = _manifest_path(base, row["skeleton"], csv_path, row_number, "skeleton")
+        skeleton, mask = (
+            _manifest_path(base, row[column], csv_path, row_number, column)
+            if row.get(column, "").strip()
+            else None
+            for column in ("skeleton", "mask")
+        )
         key = image.resolve()
         if key in seen_images:
             raise DataError(
@@ -192,7 +203,7 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
                 f"{seen_stems[stem]}); image file names must be unique"
             )
         seen_stems[stem] = row_number
-        samples.append(SampleFiles(stem, image, label, skeleton))
+        samples.append(SampleFiles(stem, image, label, skeleton, mask))
         split = row.get("split", "").strip().lower()
         if split:
             if split not in SPLIT_NAMES:
@@ -204,10 +215,12 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
         raise DataError(f"{csv_path}: manifest lists no samples")
     if splits and sum(len(v) for v in splits.values()) != len(samples):
         raise DataError(f"{csv_path}: the split column is empty on some rows; fill all or none")
-    if any(s.skeleton is not None for s in samples) and not all(
-        s.skeleton is not None for s in samples
-    ):
-        raise DataError(f"{csv_path}: the skeleton column is empty on some rows; fill all or none")
+    for column in ("skeleton", "mask"):
+        given = [getattr(s, column) is not None for s in samples]
+        if any(given) and not all(given):
+            raise DataError(
+                f"{csv_path}: the {column} column is empty on some rows; fill all or none"
+            )
     return DatasetIndex(csv_path, "manifest", samples, splits)
 
 

@@ -16,6 +16,7 @@ Scaling rules (documented in the README):
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ from PIL import Image, UnidentifiedImageError
 from vessel_lens.errors import DataError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp")
-MAX_SIDE = 4096
-"""Largest accepted image side in pixels; larger files are refused before decoding."""
+MAX_IMAGE_BYTES = 512 * 2**20
+"""Largest accepted image as float32 pixels of every stored channel (height x width x
+channels x 4 bytes): 11585 x 11585 grey or 6688 x 6688 RGB. Larger files are refused from
+their header, before decoding, so that a few of them fit in memory at once."""
 MIN_SIDE = 16
 """Smallest accepted image side in pixels."""
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -65,10 +68,13 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: file is {size / 2**20:.0f} MiB; the limit is 256 MiB")
 
 
-def _check_shape(path: Path, height: int, width: int) -> None:
-    if max(height, width) > MAX_SIDE:
+def _check_shape(path: Path, height: int, width: int, channels: int = 1) -> None:
+    needed = height * width * channels * 4
+    if needed > MAX_IMAGE_BYTES:
+        shape = f"{height}x{width}" + (f"x{channels}" if channels > 1 else "")
         raise DataError(
-            f"{path}: image is {height}x{width}; the limit is {MAX_SIDE} pixels per side"
+            f"{path}: image is {shape} ({needed / 2**20:.0f} MiB as float32); the limit is "
+            f"{MAX_IMAGE_BYTES // 2**20} MiB"
         )
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{path}: image is {height}x{width}; the minimum is {MIN_SIDE}x{MIN_SIDE}")
@@ -88,16 +94,28 @@ def _read_tiff(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
             shape = page.shape
             if len(shape) < 2:
                 raise DataError(f"{path}: TIFF page has shape {shape}, not an image")
-            spatial = shape[-2:] if _channels_first(shape) else shape[:2]
-            _check_shape(path, int(spatial[0]), int(spatial[1]))
+            first = _channels_first(shape)
+            spatial = shape[-2:] if first else shape[:2]
+            channels = 1 if len(shape) == 2 else int(shape[0] if first else shape[-1])
+            _check_shape(path, int(spatial[0]), int(spatial[1]), channels)
             array = page.asarray()
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read TIFF ({_short(exc)})") from None
+        raise DataError(f"{path}: cannot read TIFF ({_tiff_reason(exc)})") from None
     if _channels_first(array.shape):
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _tiff_reason(exc: Exception) -> str:
+    """tifffile's reason, or which codec is missing and how to install it."""
+    match = re.search(
+        r"<(?:COMPRESSION|PREDICTOR)\.(\w+): \d+> requires the 'imagecodecs'", str(exc)
+    )
+    if match:
+        return f"its {match[1]} compression needs the imagecodecs package: pip install imagecodecs"
+    return _short(exc)
 
 
 def _channels_first(shape: tuple[int, ...]) -> bool:
@@ -110,10 +128,11 @@ def _channels_first(shape: tuple[int, ...]) -> bool:
 def _read_pil(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own byte budget, checked from the header below, replaces Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 width, height = img.size
-                _check_shape(path, height, width)
+                _check_shape(path, height, width, _decoded_channels(img))
                 if img.mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                 elif img.mode in ("1", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -126,9 +145,20 @@ def _read_pil(source: Path | BinaryIO, path: str | Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({_short(exc)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image is too large to decode safely") from None
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
+        raise DataError(
+            f"{path}: image has {size}; the limit is {MAX_IMAGE_BYTES // 2**20} MiB as float32"
+        ) from None
     return array
+
+
+def _decoded_channels(img: Image.Image) -> int:
+    """Channels the array of ``img`` will have after :func:`_read_pil`'s conversions."""
+    if img.mode == "P":
+        return 4 if "transparency" in img.info else 3
+    return {"1": 1, "LA": 1, "PA": 3, "CMYK": 3}.get(img.mode, len(img.getbands()))
 
 
 def _short(exc: Exception) -> str:

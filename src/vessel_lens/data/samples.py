@@ -1,4 +1,5 @@
-"""Loading one sample (image, label, skeleton) into tensors, with consistency checks."""
+"""Loading one sample (image, label, skeleton, field-of-view mask) into tensors, with
+consistency checks."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class NonBinaryMaskWarning(UserWarning):
 class Sample:
     """One loaded sample.
 
-    ``image``: float32 (C, H, W) in [0, 1]; ``label`` and ``skeleton``: bool (H, W) or None.
+    ``image``: float32 (C, H, W) in [0, 1]; ``label`` and ``skeleton``: bool (H, W) or None;
+    ``mask``: the field of view, bool (H, W), True where pixels count, or None (all count).
     """
 
     stem: str
@@ -30,6 +32,7 @@ class Sample:
     label: torch.Tensor | None = None
     skeleton: torch.Tensor | None = None
     image_path: Path | None = None
+    mask: torch.Tensor | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,6 +56,29 @@ def _load_mask(path: Path, kind: str, shape: tuple[int, int], image_path: Path) 
     return torch.from_numpy(mask)
 
 
+def read_fov_mask(
+    path: Path, shape: tuple[int, int], image_path: Path
+) -> tuple[torch.Tensor | None, list[str]]:
+    """A field-of-view mask (non-zero inside) and every problem it has: another size than
+    the image, more than two distinct values, no pixel inside. The mask is None when there
+    is a problem. Unreadable files raise :class:`DataError`."""
+    mask, info = read_mask(path)
+    problems = []
+    if mask.shape != shape:
+        problems.append(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but image {image_path.name} "
+            f"is {shape[0]}x{shape[1]}"
+        )
+    if not info.binary:
+        problems.append(
+            f"{path}: mask has {info.distinct_values} distinct values; a field-of-view mask "
+            "must be binary (0 outside, one other value inside)"
+        )
+    if not mask.any():
+        problems.append(f"{path}: mask is empty (no pixel inside the field of view)")
+    return (None if problems else torch.from_numpy(mask)), problems
+
+
 def load_sample(files: SampleFiles, keep_channels: bool = False) -> Sample:
     """Read a sample's files; raise :class:`DataError` on any unreadable or mismatched file."""
     image = torch.from_numpy(read_image(files.image, keep_channels=keep_channels))
@@ -61,7 +87,12 @@ def load_sample(files: SampleFiles, keep_channels: bool = False) -> Sample:
     skeleton = (
         _load_mask(files.skeleton, "skeleton", shape, files.image) if files.skeleton else None
     )
-    return Sample(files.stem, image, label, skeleton, files.image)
+    mask = None
+    if files.mask is not None:
+        mask, problems = read_fov_mask(files.mask, shape, files.image)
+        if problems:
+            raise DataError(problems[0])
+    return Sample(files.stem, image, label, skeleton, files.image, mask)
 
 
 def load_samples(

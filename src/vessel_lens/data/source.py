@@ -31,6 +31,10 @@ class LoadedDataset:
     def has_skeletons(self) -> bool:
         return all(s.skeleton is not None for s in self.samples.values())
 
+    @property
+    def has_masks(self) -> bool:
+        return all(s.mask is not None for s in self.samples.values())
+
     def subset(self, split: str | None) -> list[Sample]:
         if split in (None, "all"):
             return list(self.samples.values())

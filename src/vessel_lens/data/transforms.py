@@ -1,4 +1,5 @@
-"""Paired random crops and flips: one random draw applied to image, label and skeleton alike."""
+"""Paired random crops and flips: one random draw applied to image, label, skeleton and
+field-of-view mask alike."""
 
 from __future__ import annotations
 

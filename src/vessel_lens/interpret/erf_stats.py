@@ -4,7 +4,8 @@ For every computed pixel of every map file in a folder: the predicted class (pro
 0.5), the label, the outcome (TP/FP/FN/TN), the Euclidean distance to the nearest vessel
 centreline (skeleton pixel) and the local vessel width there, ``2 d - 1`` with d the distance
 from that centreline pixel to the nearest background pixel (exact for straight vessels of odd
-width: the centre of a 5-pixel band is 3 pixels from the background). Distances are computed
+width: the centre of a 5-pixel band is 3 pixels from the background). Pixels outside an
+image's field-of-view mask are left out. Distances are computed
 on the whole image and then cropped, so crops do not shorten them. Skeletons come from the
 dataset, or are computed from the label (scikit-image) when it has none.
 
@@ -91,7 +92,8 @@ def centreline_geometry(label: np.ndarray, skeleton: np.ndarray | None):
 
 
 def pixel_table(maps, sample) -> dict[str, np.ndarray]:
-    """One row per computed pixel of ``maps`` with its class, geometry and field sizes."""
+    """One row per computed pixel of ``maps`` inside the sample's field-of-view mask (if it
+    has one) with its class, geometry and field sizes."""
     if sample.label is None:
         raise DataError(f"image {sample.stem}: has no label; erf-stats needs labels")
     target = int(maps.metadata.get("target_class", VESSEL_CLASS))
@@ -123,6 +125,8 @@ def pixel_table(maps, sample) -> dict[str, np.ndarray]:
     distance, vessel_width = centreline_geometry(label, skeleton)
     window = (slice(top, top + height), slice(left, left + width))
     computed = maps.computed.numpy()
+    if sample.mask is not None:
+        computed = computed & sample.mask.numpy()[window]
 
     def pick(values) -> np.ndarray:
         values = values.numpy() if hasattr(values, "numpy") else values
@@ -260,7 +264,7 @@ def erf_stats(config: StatsConfig) -> StatsResult:
         raise DataError(f"{config.erf_dir}: holds no *.erf.npz file (run vessel-lens erf first)")
     dataset = open_dataset(config.data, require_labels=True)
     allowed = {s.stem for s in dataset.subset(config.split)}
-    parts, stems, skipped = [], [], []
+    parts, stems, skipped, outside = [], [], [], 0
     for path in files:
         maps = load_receptive_field_maps(path)
         stem = str(maps.metadata.get("stem", path.name[: -len(".erf.npz")]))
@@ -270,6 +274,7 @@ def erf_stats(config: StatsConfig) -> StatsResult:
             skipped.append(stem)
             continue
         part = pixel_table(maps, dataset.samples[stem])
+        outside += int(maps.computed.sum()) - len(part["predicted"])
         parts.append(part)
         stems.append(np.full(len(part["predicted"]), stem, dtype=object))
     if not parts:
@@ -283,6 +288,8 @@ def erf_stats(config: StatsConfig) -> StatsResult:
         result.tables[key] = _write_csv(out / f"stats_{key}.csv", rows)
     result.plots = plot_stats(table, tables, out)
     result.lines = _summary_lines(tables["answer"], len(parts), len(table["predicted"]), out)
+    if outside:
+        result.lines.append(f"left out {outside} pixels outside the field-of-view masks")
     if skipped:
         result.lines.append(f"skipped {len(skipped)} map file(s) outside split {config.split!r}")
     return result

@@ -34,6 +34,11 @@ class TrainConfig:
     norm: str | None = _f("batch", "Normalisation: 'batch' or none.")
     dropout: float = _f(0.5, "Dropout probability at the bottleneck.")
     keep_channels: bool = _f(False, "Keep RGB channels instead of converting to grey.")
+    mask_loss: bool | None = _f(
+        None,
+        "Ignore pixels outside the field-of-view masks in the loss (default: on when the "
+        "dataset has masks; config.yaml records the value used).",
+    )
     epochs: int = _f(100, "Maximum number of epochs.")
     crops_per_image: int = _f(8, "Random crops drawn from each training image per epoch.")
     batch_size: int = _f(8, "Crops per optimisation step (per process under torchrun).")
@@ -136,7 +141,7 @@ class TrainConfig:
 
 def _typed(name: str, annotation: object, value: Any) -> Any:
     """``value`` as the field's type (YAML reads ``1e-6`` as text; ``2.5`` is no batch size)."""
-    kind = str(annotation)
+    kind = str(annotation).removesuffix(" | None")
     if value is None or kind not in ("int", "float", "bool"):
         return value
     if kind == "bool":

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.training.inference import DEFAULT_OVERLAP, vessel_probability
 from vessel_lens.training.metrics import (
     METRIC_NAMES,
     Confusion,
@@ -29,11 +29,19 @@ from vessel_lens.viz.figures import error_map, hide_axes, new_figure, save_figur
 
 @dataclass
 class Evaluation:
-    """Metrics per image (rows), their mean over images, and pooled over all pixels."""
+    """Metrics per image (rows), their mean over images, pooled over all pixels, and the
+    pooled confusion counts behind them."""
 
     per_image: list[dict[str, float | str]] = field(default_factory=list)
     mean: dict[str, float] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
+    counts: Confusion = field(default_factory=Confusion)
+
+    @property
+    def predicted_fraction(self) -> float:
+        """Fraction of the counted pixels predicted vessel."""
+        c = self.counts
+        return (c.tp + c.fp) / max(c.tp + c.fp + c.fn + c.tn, 1)
 
     def to_json(self) -> dict:
         return {
@@ -55,8 +63,12 @@ def evaluate_model(
     panels: Path | None = None,
     flip_average: bool = False,
     progress: bool = True,
+    tile: int = 0,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> Evaluation:
-    """Evaluate ``model`` (put in eval mode) on labelled whole images."""
+    """Evaluate ``model`` (put in eval mode) on labelled whole images; in samples with a
+    field-of-view mask only the pixels inside count. ``tile``/``overlap``: sliding windows
+    for images with a longer side (see :func:`vessel_probability`)."""
     model.eval()
     result = Evaluation()
     total = Confusion()
@@ -64,11 +76,16 @@ def evaluate_model(
     skeleton_total = SkeletonCounts()
     has_skeletons = False
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
-        probability = vessel_probability(model, sample.image, device, flip_average)
-        metrics, counts, skeleton_hits = image_metrics(probability, sample.label, sample.skeleton)
+        probability = vessel_probability(
+            model, sample.image, device, flip_average, tile=tile, overlap=overlap
+        )
+        metrics, counts, skeleton_hits = image_metrics(
+            probability, sample.label, sample.skeleton, mask=sample.mask
+        )
         total = total + counts
-        all_prob.append(probability.numpy().ravel())
-        all_label.append(sample.label.numpy().ravel())
+        inside = slice(None) if sample.mask is None else sample.mask.bool()
+        all_prob.append(probability[inside].numpy().ravel())
+        all_label.append(sample.label[inside].numpy().ravel())
         if skeleton_hits is not None:
             skeleton_total = skeleton_total + skeleton_hits
             has_skeletons = True
@@ -76,6 +93,7 @@ def evaluate_model(
         if panels is not None:
             write_panel(sample, probability, metrics, panels / f"{sample.stem}.png")
     result.mean = {name: _mean(result.per_image, name) for name in METRIC_NAMES}
+    result.counts = total
     result.pooled = overlap_scores(total)
     result.pooled["auc"] = roc_auc(np.concatenate(all_prob), np.concatenate(all_label))
     if has_skeletons:
@@ -85,7 +103,8 @@ def evaluate_model(
 
 
 def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: Path) -> Path:
-    """Input / ground truth / prediction / error map, with Dice and IoU in the title."""
+    """Input / ground truth / prediction / error map (grey outside the field-of-view mask),
+    with Dice and IoU in the title."""
     prediction = (probability > 0.5).numpy()
     figure = new_figure(12, 3.4)
     axes = figure.subplots(1, 4)
@@ -95,8 +114,9 @@ def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: 
     axes[1].set_title("ground truth")
     axes[2].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
     axes[2].set_title("prediction (probability)")
-    axes[3].imshow(error_map(prediction, sample.label.numpy()))
-    axes[3].set_title("errors: FP red, FN blue")
+    mask = None if sample.mask is None else sample.mask.numpy()
+    axes[3].imshow(error_map(prediction, sample.label.numpy(), mask))
+    axes[3].set_title("errors: FP red, FN blue" + ("" if mask is None else ", outside grey"))
     hide_axes(axes)
     figure.suptitle(f"{sample.stem}   Dice {metrics['dice']:.3f}   IoU {metrics['iou']:.3f}")
     return save_figure(figure, path)

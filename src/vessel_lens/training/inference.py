@@ -1,9 +1,50 @@
-"""Whole-image inference: vessel probabilities from a model, optionally with flip averaging."""
+"""Inference: vessel probabilities from a model, optionally with flip averaging, and for images
+larger than a tile by overlapping windows blended with Gaussian weights (MONAI's
+``sliding_window_inference``, imported only when an image needs it)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vessel_lens.errors import ConfigError
+
+DEFAULT_OVERLAP = 0.25
+"""Fraction of a window shared with each neighbour."""
+MIN_TILE = 16
+
+
+def check_tiling(tile: int, overlap: float = DEFAULT_OVERLAP) -> None:
+    """Refuse a tile side or overlap that sliding windows cannot use (``tile`` 0: no tiling)."""
+    if tile != 0 and tile < MIN_TILE:
+        raise ConfigError(f"--tile {tile}: must be 0 (whole images) or at least {MIN_TILE}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"--overlap {overlap}: must be at least 0 and below 1")
+
+
+def _sliding_windows(
+    model: nn.Module, batch: torch.Tensor, tile: int, overlap: float, device: torch.device
+) -> torch.Tensor:
+    """(B, C, H, W) on the CPU -> (B, H, W) vessel probability on the CPU; each window runs on
+    ``device`` and only the blended output (and its weights) spans the whole image."""
+    from monai.inferers import sliding_window_inference
+
+    height, width = batch.shape[-2:]
+
+    def vessel(window: torch.Tensor) -> torch.Tensor:
+        return model(window).softmax(1)[:, 1:2].float()
+
+    blended = sliding_window_inference(
+        batch,
+        roi_size=(min(tile, height), min(tile, width)),  # no padding along a side that fits
+        sw_batch_size=1,
+        predictor=vessel,
+        overlap=overlap,
+        mode="gaussian",
+        sw_device=device,
+        device="cpu",
+    )
+    return torch.as_tensor(blended)[:, 0]
 
 
 @torch.no_grad()
@@ -12,23 +53,35 @@ def vessel_probability(
     image: torch.Tensor,
     device: torch.device | str | None = None,
     flip_average: bool = False,
+    tile: int = 0,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> torch.Tensor:
     """(C, H, W) or (B, C, H, W) image -> (H, W) or (B, H, W) probability of class 1 (CPU).
 
     The model is used as given (call ``.eval()`` first for inference) on ``device``
     (default: the device of its parameters). With ``flip_average`` the probabilities of the
-    four flips are averaged.
+    four flips are averaged. With ``tile`` > 0, an image with a side longer than ``tile`` is
+    predicted in ``tile`` x ``tile`` windows overlapping by ``overlap`` whose probabilities
+    are blended with Gaussian weights (memory then grows with the tile, not the image); an
+    image that fits in one tile gets the plain whole-image pass.
     """
+    check_tiling(tile, overlap)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
     single = image.dim() == 3
-    batch = (image[None] if single else image).to(device)
+    batch = image[None] if single else image
+    tiled = tile > 0 and max(batch.shape[-2:]) > tile
+    batch = batch.cpu() if tiled else batch.to(device)
     flips = [(), (-1,), (-2,), (-2, -1)] if flip_average else [()]
     total = None
     for dims in flips:
         x = batch.flip(dims) if dims else batch
-        p = model(x).softmax(1)[:, 1]
+        if tiled:
+            p = _sliding_windows(model, x, tile, overlap, device)
+        else:
+            p = model(x).softmax(1)[:, 1].float().cpu()
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
-    probability = (total / len(flips)).float().cpu()
+    probability = total / len(flips)
     return probability[0] if single else probability

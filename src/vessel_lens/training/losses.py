@@ -15,28 +15,53 @@ LOSSES = ("ce", "dice", "ce+dice")
 REGULARISATIONS = ("none", "l1", "l2")
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice of the vessel class (index 1) over the whole batch.
+Loss = Callable[..., torch.Tensor]
+"""``loss(logits, target, valid=None)``: ``logits`` (B, K, H, W), ``target`` (B, H, W) class
+indices, ``valid`` bool (B, H, W) or None: pixels outside it add nothing, not even gradient."""
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over the ``valid`` pixels (0 when there is none, not NaN)."""
+    if valid is None:
+        return F.cross_entropy(logits, target)
+    per_pixel = F.cross_entropy(logits, target, reduction="none")
+    weight = valid.to(per_pixel.dtype)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    eps: float = 1.0,
+) -> torch.Tensor:
+    """1 - soft Dice of the vessel class (index 1) over the whole batch's ``valid`` pixels.
 
     ``logits``: (B, K, H, W); ``target``: (B, H, W) class indices.
     """
     probability = logits.softmax(1)[:, 1]
     vessel = (target == 1).to(probability.dtype)
+    if valid is not None:
+        weight = valid.to(probability.dtype)
+        probability, vessel = probability * weight, vessel * weight
     intersection = (probability * vessel).sum()
     return 1.0 - (2.0 * intersection + eps) / (probability.sum() + vessel.sum() + eps)
 
 
-def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss called ``name`` (one of :data:`LOSSES`)."""
-    if name == "ce":
-        return F.cross_entropy
-    if name == "dice":
-        return soft_dice_loss
-    if name == "ce+dice":
-        return lambda logits, target: (
-            F.cross_entropy(logits, target) + soft_dice_loss(logits, target)
-        )
-    raise ConfigError(f"loss {name!r}: choose one of {', '.join(LOSSES)}")
+def _ce_plus_dice(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    return cross_entropy(logits, target, valid) + soft_dice_loss(logits, target, valid)
+
+
+def make_loss(name: str) -> Loss:
+    """The loss called ``name`` (one of :data:`LOSSES`); see :data:`Loss`."""
+    losses = {"ce": cross_entropy, "dice": soft_dice_loss, "ce+dice": _ce_plus_dice}
+    if name not in losses:
+        raise ConfigError(f"loss {name!r}: choose one of {', '.join(LOSSES)}")
+    return losses[name]
 
 
 def regularisation(model: nn.Module, mode: str, alpha: float) -> torch.Tensor | None:

@@ -163,15 +163,28 @@ def image_metrics(
     label: torch.Tensor,
     skeleton: torch.Tensor | None = None,
     threshold: float = 0.5,
+    mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], Confusion, SkeletonCounts | None]:
     """All metrics of one image: (H, W) vessel probability against a boolean label.
 
-    Returns the metrics and the counts behind them (for pooling over images).
+    With a field-of-view ``mask`` (bool (H, W)) only the pixels inside count: the confusion
+    counts and AUC are taken over them, and clDice over the prediction, label and skeleton
+    cut to the mask (skeletons are taken after the cut). Returns the metrics and the counts
+    behind them (for pooling over images).
     """
     prediction = probability > threshold
-    counts = confusion(prediction, label)
-    metrics = overlap_scores(counts)
-    metrics["auc"] = roc_auc(probability.numpy(), label.numpy())
+    label = label.bool()
+    if mask is not None:
+        mask = mask.bool()
+        counts = confusion(prediction[mask], label[mask])
+        metrics = overlap_scores(counts)
+        metrics["auc"] = roc_auc(probability[mask].numpy(), label[mask].numpy())
+        prediction, label = prediction & mask, label & mask
+        skeleton = None if skeleton is None else skeleton.bool() & mask
+    else:
+        counts = confusion(prediction, label)
+        metrics = overlap_scores(counts)
+        metrics["auc"] = roc_auc(probability.numpy(), label.numpy())
     skeleton_hits = None
     if skeleton is not None:
         skeleton_hits = skeleton_counts(prediction.numpy(), label.numpy(), skeleton.numpy())

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from vessel_lens.data.io import IMAGE_SUFFIXES, is_image_file, read_image
 from vessel_lens.errors import ConfigError, DataError
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 
 
 def list_images(source: Path) -> list[Path]:
@@ -42,15 +42,19 @@ def predict_folder(
     threshold: float = 0.5,
     overwrite: bool = False,
     progress: bool = True,
+    tile: int = 0,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> list[Path]:
     """Write ``<stem>_probability.png`` (8-bit, 255 = 1.0) and ``<stem>_mask.png`` (0/255)
-    for every image; existing outputs are refused unless ``overwrite``.
+    for every image; existing outputs are refused unless ``overwrite``. ``tile``/``overlap``:
+    sliding windows for images with a longer side (see :func:`vessel_probability`).
 
     Everything that can be checked without decoding (file types, two inputs with one stem,
     ``out`` being a file, existing outputs) is checked before ``out`` is created; a run that
     fails later removes the files and folders it created, so it can simply be run again."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold {threshold}: must be between 0 and 1")
+    check_tiling(tile, overlap)
     files = list_images(source)
     by_stem: dict[str, Path] = {}
     for f in files:
@@ -97,7 +101,9 @@ def predict_folder(
                     f"{path}: image has {image.shape[0]} channel(s); "
                     f"the model expects {in_channels}"
                 )
-            probability = vessel_probability(model, image, device).numpy()
+            probability = vessel_probability(
+                model, image, device, tile=tile, overlap=overlap
+            ).numpy()
             arrays = {
                 prob_path: np.round(probability * 255).astype(np.uint8),
                 mask_path: ((probability > threshold) * 255).astype(np.uint8),

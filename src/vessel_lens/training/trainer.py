@@ -13,6 +13,7 @@ run continues exactly as an uninterrupted one would (bit-exact on CPU).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -31,6 +32,7 @@ from vessel_lens.data.datasets import CropDataset
 from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.splits import write_splits
+from vessel_lens.data.statistics import data_statistics
 from vessel_lens.devices import resolve_device
 from vessel_lens.distributed import DistContext, init_distributed
 from vessel_lens.errors import (
@@ -114,9 +116,16 @@ class Trainer:
         )
         if resuming is not None:
             _check_same_split(dataset, resuming)
+        if config.mask_loss and not dataset.has_masks:
+            raise ConfigError(f"--mask-loss: {dataset.name} has no field-of-view masks")
+        # resolved here, where the data is known, so that config.yaml records the value used
+        config = self.config = dataclasses.replace(
+            config, mask_loss=dataset.has_masks if config.mask_loss is None else config.mask_loss
+        )
         self.dataset = dataset
         self.train_samples = dataset.subset("train")
         self.val_samples = dataset.subset("val")
+        self.data_statistics = data_statistics(self.train_samples)  # for evaluate's check
         in_channels = int(self.train_samples[0].image.shape[0])
         self.model_kwargs = {**config.model_kwargs, "in_channels": in_channels}
         torch.manual_seed(config.seed)
@@ -193,6 +202,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "data": self.dataset.name,
             "split_source": self.dataset.split_source,
+            "masks": {"dataset": self.dataset.has_masks, "loss": bool(self.config.mask_loss)},
+            "training_data": self.data_statistics,
             "splits": self.dataset.splits if self.dataset.split_source != "dataset" else {},
             "train_seconds": round(self.elapsed, 1),
             "torch": str(torch.__version__),
@@ -242,8 +253,11 @@ class Trainer:
             items = [self.crops[i] for i in batch_indices]
             images = torch.stack([it["image"] for it in items]).to(self.ctx.device)
             labels = torch.stack([it["label"] for it in items]).to(self.ctx.device)
+            valid = None
+            if self.config.mask_loss:
+                valid = torch.stack([it["mask"] for it in items]).to(self.ctx.device)
             logits = self.train_model(images)
-            loss = self.loss_fn(logits, labels)
+            loss = self.loss_fn(logits, labels, valid)
             penalty = regularisation(self.model, self.config.regularisation, self.config.alpha)
             objective = loss if penalty is None else loss + penalty
             # agreed by every process, so that none is left waiting in the backward pass
@@ -271,7 +285,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, samples: list[Sample]) -> dict[str, float]:
-        """Whole-image loss, Dice and IoU over ``samples`` (shared between ranks)."""
+        """Whole-image loss, Dice and IoU over ``samples`` (shared between ranks); inside the
+        field-of-view masks where samples have them (the loss only with ``mask_loss``)."""
         if self.ctx.distributed:  # rank 0's BatchNorm statistics: those of the saved model
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
@@ -281,10 +296,16 @@ class Trainer:
             image = sample.image[None].to(self.ctx.device)
             label = sample.label[None].long().to(self.ctx.device)
             logits = self.model(image)
-            counts = confusion(logits.argmax(1)[0].cpu() == 1, sample.label)
+            predicted, truth = logits.argmax(1)[0].cpu() == 1, sample.label
+            valid = None
+            if sample.mask is not None:
+                predicted, truth = predicted[sample.mask], truth[sample.mask]
+                if self.config.mask_loss:
+                    valid = sample.mask[None].to(self.ctx.device)
+            counts = confusion(predicted, truth)
+            loss = float(self.loss_fn(logits, label, valid))
             sums += torch.tensor(
-                [float(self.loss_fn(logits, label)), 1, counts.tp, counts.fp, counts.fn, counts.tn],
-                dtype=torch.float64,
+                [loss, 1, counts.tp, counts.fp, counts.fn, counts.tn], dtype=torch.float64
             )
         if self.ctx.distributed:
             dist.all_reduce(sums)
@@ -449,7 +470,9 @@ def train(
     ctx.barrier()
     if ctx.is_main:
         write_config(
-            config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
+            trainer.config,
+            out / "config.yaml",
+            {"world_size": ctx.world_size, "device": str(ctx.device)},
         )
         if trainer.dataset.split_source == "seeded":
             write_splits(trainer.dataset.splits, out / "splits")
@@ -477,6 +500,8 @@ def resume(out: str | Path, progress: bool = True, epochs: int | None = None) ->
         )
     if ctx.is_main:  # the epochs and the number of processes of this continuation
         write_config(
-            config, out / "config.yaml", {"world_size": ctx.world_size, "device": str(ctx.device)}
+            trainer.config,
+            out / "config.yaml",
+            {"world_size": ctx.world_size, "device": str(ctx.device)},
         )
     return trainer.run()

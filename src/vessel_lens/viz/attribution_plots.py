@@ -17,7 +17,14 @@ from matplotlib.patches import Rectangle
 
 from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, DeletionResult, RandomisationResult
 from vessel_lens.interpret.thresholds import PixelStats
-from vessel_lens.viz.figures import hide_axes, new_figure, overlay, save_figure, to_numpy_image
+from vessel_lens.viz.figures import (
+    OUTSIDE_MASK_GREY,
+    hide_axes,
+    new_figure,
+    overlay,
+    save_figure,
+    to_numpy_image,
+)
 
 SIGNED_CMAP = "RdBu_r"
 
@@ -194,8 +201,10 @@ def pixel_panels(
     stats: Sequence[PixelStats],
     path: str | Path,
     zoom: int = 0,
+    mask: torch.Tensor | None = None,
 ) -> Path:
-    """The original notebook's panels: input, vessel probability, errors (with a label), then
+    """The original notebook's panels: input, vessel probability, errors (with a label; grey
+    outside a field-of-view ``mask``), then
     per chosen pixel the thresholded-gradient map (bounding box in yellow) and the signed
     gradient (diverging colours centred on zero, zoomed to ``zoom`` x ``zoom`` around the
     pixel; 0: whole image).
@@ -214,6 +223,8 @@ def pixel_panels(
         prediction = probability.numpy() > 0.5
         rgb = overlay(shown, prediction & ~label.numpy(), (1.0, 0.15, 0.15), 0.7)
         rgb = overlay(rgb, ~prediction & label.numpy(), (0.2, 0.45, 1.0), 0.7)
+        if mask is not None:
+            rgb[~mask.numpy()] = OUTSIDE_MASK_GREY
         axes[0, 2].imshow(rgb)
         axes[0, 2].set_title("false positives red, false negatives blue", fontsize=8)
     for ax in axes[0, :3]:

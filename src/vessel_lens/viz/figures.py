@@ -45,14 +45,23 @@ def overlay(
     return rgb
 
 
-def error_map(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """RGB error map: true positives white, false positives red, false negatives blue."""
+OUTSIDE_MASK_GREY = 0.35
+"""Grey of the pixels outside a field-of-view mask in error maps (they are not scored)."""
+
+
+def error_map(
+    prediction: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """RGB error map: true positives white, false positives red, false negatives blue; pixels
+    outside a field-of-view ``mask`` grey."""
     prediction = np.asarray(prediction, dtype=bool)
     label = np.asarray(label, dtype=bool)
     out = np.zeros((*label.shape, 3), dtype=np.float32)
     out[prediction & label] = (1, 1, 1)
     out[prediction & ~label] = (1, 0.15, 0.15)
     out[~prediction & label] = (0.2, 0.45, 1)
+    if mask is not None:
+        out[~np.asarray(mask, dtype=bool)] = OUTSIDE_MASK_GREY
     return out
 
 

@@ -13,7 +13,8 @@ candidates: a *confident vessel* pixel (predicted and labelled vessel, probabili
 10 % of those), a *background* pixel (neither predicted nor labelled, probability in the
 bottom 10 %), and a *confident false positive* (top 10 % of the false positives) if there is
 one, otherwise a *clear false negative* (bottom 10 % of the false negatives), if any. Without a
-label: the vessel and background pixels of the prediction.
+label: the vessel and background pixels of the prediction. With a field-of-view mask, only
+pixels inside it are candidates, and the error panel greys the outside.
 
 Methods run with cheaper settings than the library defaults so a report stays quick on a CPU
 (:func:`report_method_options`): 16 integration steps, 8 noise/baseline samples, occlusion
@@ -39,7 +40,7 @@ from vessel_lens.interpret.attribution import METHODS, attribute
 from vessel_lens.interpret.jacobian import jacobian
 from vessel_lens.interpret.targets import pixel_target
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
 from vessel_lens.viz.report_sections import erf_section, sanity_section, training_section, write_csv
@@ -69,6 +70,10 @@ class ReportOptions:
     """Seed of the stochastic methods, the random weights and the random orders."""
     zoom: int = 96
     """Side of the window around each target that attribution panels show (0: whole image)."""
+    tile: int = 0
+    """Sliding-window side for the probability of images with a longer side (0: never)."""
+    overlap: float = DEFAULT_OVERLAP
+    """Fraction of each sliding window shared with its neighbours."""
 
     def __post_init__(self) -> None:
         for name in (*self.methods, *self.sanity_methods, *self.deletion_methods):
@@ -82,6 +87,7 @@ class ReportOptions:
             raise ConfigError("--sanity-images must be >= 0")
         if self.zoom < 0:
             raise ConfigError("--zoom must be >= 0")
+        check_tiling(self.tile, self.overlap)
 
 
 @dataclass
@@ -114,12 +120,13 @@ def _closest_to_centre(candidates: torch.Tensor, shape: tuple[int, ...]) -> tupl
 
 
 def choose_pixels(
-    probability: torch.Tensor, label: torch.Tensor | None
+    probability: torch.Tensor, label: torch.Tensor | None, mask: torch.Tensor | None = None
 ) -> list[tuple[int, int, str]]:
-    """Default pixels (row, col, why) of one image (see module docs)."""
+    """Default pixels (row, col, why) of one image, inside ``mask`` if given (module docs)."""
     shape = tuple(probability.shape)
     predicted = probability > 0.5
     truth = predicted if label is None else label.bool()
+    inside = torch.ones(shape, dtype=torch.bool) if mask is None else mask.bool()
     chosen = []
     for why, region, top in (
         ("vessel", predicted & truth, True),
@@ -129,6 +136,7 @@ def choose_pixels(
     ):
         if why == "false negative" and chosen and chosen[-1][2] == "false positive":
             break
+        region = region & inside
         values = probability[region]
         if values.numel() == 0:
             continue
@@ -153,14 +161,21 @@ def crop_sample(sample: Sample, crop: int) -> Sample:
     def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor[..., top : top + crop, left : left + crop].clone()
 
-    return Sample(sample.stem, cut(sample.image), cut(sample.label), cut(sample.skeleton))
+    return Sample(
+        sample.stem,
+        cut(sample.image),
+        cut(sample.label),
+        cut(sample.skeleton),
+        sample.image_path,
+        cut(sample.mask),
+    )
 
 
 def _pixels_for(
     sample: Sample, probability: torch.Tensor, given: list[tuple[int, int]] | None
 ) -> list[tuple[int, int, str]]:
     if given is None:
-        return choose_pixels(probability, sample.label)
+        return choose_pixels(probability, sample.label, sample.mask)
     height, width = sample.size
     for row, col in given:
         if not (0 <= row < height and 0 <= col < width):
@@ -192,7 +207,9 @@ def _image_part(
     """Panels, pixel statistics and the attribution grid of one image."""
     image = sample.image
     height, width = sample.size
-    probability = vessel_probability(model, image, device)
+    probability = vessel_probability(
+        model, image, device, tile=options.tile, overlap=options.overlap
+    )
     pixels = _pixels_for(sample, probability, options.pixels)
     bar.total += len(pixels) * len(options.methods)
     bar.refresh()
@@ -211,6 +228,7 @@ def _image_part(
         stats,
         figures / f"{sample.stem}_pixels.png",
         zoom=options.zoom,
+        mask=sample.mask,
     )
     rows = []
     for (row, col, why), stat in zip(pixels, stats, strict=True):
