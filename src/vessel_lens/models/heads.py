@@ -60,7 +60,7 @@ def _check_output(output: str) -> None:
 
 def _check_logits(logits: torch.Tensor) -> int:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(f"model output must be (B, K, H, W) logits, not {shape}")
     return int(logits.shape[1])
 
