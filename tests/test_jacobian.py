@@ -285,7 +285,7 @@ def test_ambiguous_requests_raise_config_errors(resnet, image, kwargs, message):
 def test_models_without_per_pixel_logits_are_refused(image):
     with pytest.raises(ConfigError, match=r"\(B, K, H, W\)"):
         jacobian(Flat(), image)
-    with pytest.raises(ConfigError, match="needs at least 2 classes"):
+    with pytest.raises(ConfigError, match="one output channel, the vessel logit"):
         jacobian(nn.Conv2d(1, 1, 3, padding=1), image, target_class=0)
     with pytest.raises(ConfigError, match="image"):
         jacobian(nn.Conv2d(1, 2, 3, padding=1), torch.rand(1, 1, 1, 8, 8))

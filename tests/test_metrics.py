@@ -121,3 +121,23 @@ def test_regularisation_counts_conv_weights_only():
     assert regularisation(model, "l1", 0.5).item() == pytest.approx(0.5 * 4 * 2.0)
     assert regularisation(model, "l2", 0.5).item() == pytest.approx(0.5 * 4 * 4.0)
     assert regularisation(model, "none", 1.0) is None
+
+
+def test_evaluate_shows_a_missing_clDice_as_na(tmp_path, make_dataset, capsys):
+    """Without skeletons clDice is undefined: its row says n/a instead of disappearing."""
+    from vessel_lens.cli import main
+    from vessel_lens.models import create_model, save_checkpoint
+
+    data = make_dataset(count=2, size=(32, 32), skeletons=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("resnet_seg", width=2)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model, "resnet_seg", {"width": 2})
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "all",
+            "--out", str(tmp_path / "ev"), "--device", "cpu", "--no-panels"]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (cldice,) = [line for line in lines if line.startswith("cldice")]
+    assert cldice.split() == ["cldice", "n/a", "n/a"]
+    (dice,) = [line for line in lines if line.startswith("dice")]
+    assert "n/a" not in dice and len(dice.split()) == 3

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vessel_lens.models.heads import class_scores
+
 
 def forward_from(
     model: nn.Module, batch: torch.Tensor, layer: nn.Module | None
@@ -37,12 +39,7 @@ def forward_from(
 
 def output_map(logits: torch.Tensor, target: int, output: str) -> torch.Tensor:
     """The differentiated quantity at every pixel, from (1, K, H, W) logits: (H, W)."""
-    if output == "logit":
-        return logits[0, target]
-    if output == "probability":
-        return logits.softmax(1)[0, target]
-    others = torch.cat([logits[:, :target], logits[:, target + 1 :]], 1)
-    return logits[0, target] - others.logsumexp(1)[0]
+    return class_scores(logits, target, output)[0]
 
 
 class LoopStrategy:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.models.heads import score_seeds
 
 
 @contextmanager
@@ -72,14 +73,7 @@ def flat_pixels(pixels: object, height: int, width: int) -> torch.Tensor:
 def output_seeds(
     logits: torch.Tensor, flat: torch.Tensor, target: int, output: str
 ) -> torch.Tensor:
-    """d output / d logits at each pixel: (N, K), from (1, K, H, W) logits (computed in float64)."""
+    """d output / d logits at each pixel: (N, K), from (1, K, H, W) logits (computed in float64;
+    a one-channel head is a sigmoid, see :mod:`vessel_lens.models.heads`)."""
     z = logits[0].reshape(logits.shape[1], -1)[:, flat.to(logits.device)].T.double()
-    onehot = torch.zeros_like(z)
-    onehot[:, target] = 1
-    if output == "logit":
-        return onehot
-    if output == "probability":
-        p = z.softmax(1)
-        return p[:, target : target + 1] * (onehot - p)
-    others = z.masked_fill(onehot.bool(), float("-inf")).softmax(1)
-    return onehot - others
+    return score_seeds(z, target, output)

@@ -31,6 +31,7 @@ from torch import nn
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._boxes import EMPTY, structural_boxes
 from vessel_lens.interpret._tape import custom_functions, record
+from vessel_lens.models.heads import VESSEL_CLASS
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,13 @@ def empirical_boxes(
 
     surrogate = _surrogate(model)
     image = torch.ones((in_channels, *size), dtype=torch.float64)
+    with torch.no_grad():
+        logits = surrogate.to(device)(image[None].to(device))
+    # the first channel: class 0, or the vessel logit of a one-channel (sigmoid) head
+    one_channel = isinstance(logits, torch.Tensor) and logits.dim() == 4 and logits.shape[1] == 1
+    target = VESSEL_CLASS if one_channel else 0
     rows = jacobian(
-        surrogate, image, output="logit", target_class=0, dtype=torch.float64, device=device
+        surrogate, image, output="logit", target_class=target, dtype=torch.float64, device=device
     )
     support = rows.abs().sum(1) > 0
     any_rows, any_cols = support.any(2), support.any(1)

@@ -2,6 +2,7 @@
 
 Row n of the Jacobian is the gradient of the output at pixel ``pixels[n]`` (the probability,
 logit or margin of ``target_class``) with respect to every input pixel: ``J`` is (N, C, H, W).
+Models with one output channel are sigmoid heads (:mod:`vessel_lens.models.heads`).
 Three strategies compute the same numbers:
 
 ``linear``  one recorded forward pass, then a hand-written batched backward that only touches
@@ -30,8 +31,8 @@ from vessel_lens.interpret._inputs import flat_pixels, frozen_eval, output_seeds
 from vessel_lens.interpret._linear import LinearStrategy, Unsupported
 from vessel_lens.interpret._tape import record
 from vessel_lens.interpret.fold import fold_batch_norm
+from vessel_lens.models.heads import OUTPUTS, class_channel, class_probability
 
-OUTPUTS = ("probability", "logit", "margin")
 STRATEGIES = ("auto", "linear", "vmap", "loop")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MEMORY_BUDGET = 1 << 30
@@ -62,7 +63,9 @@ class JacobianEngine:
 
     The forward pass happens here, once; :meth:`rows` then computes any pixels' rows. The
     caller's model is left as found. ``strategy`` is the strategy actually used; ``logits``
-    the model's (1, K, H, W) output and ``probability`` the softmax of ``target_class``.
+    the model's (1, K, H, W) output and ``probability`` (H, W) the probability of
+    ``target_class`` (the softmax, or the sigmoid of a one-channel model's logit), whatever
+    ``output`` is differentiated.
     """
 
     def __init__(
@@ -109,7 +112,7 @@ class JacobianEngine:
         self.source_shape = tuple(source.shape[1:])
         self.strategy = self.strategy_impl.name
         self.height, self.width = (int(s) for s in self.logits.shape[-2:])
-        self.probability = self.logits.softmax(1)[0, target_class].float()
+        self.probability = class_probability(self.logits, target_class)[0].float()
 
     def _layer_module(self, model: nn.Module) -> nn.Module | None:
         if self.layer is None:
@@ -160,15 +163,7 @@ class JacobianEngine:
         return logits.detach()
 
     def _check_target(self, target: int) -> None:
-        classes = int(self.logits.shape[1])
-        if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < classes:
-            raise ConfigError(
-                f"target_class {target!r}: the model has {classes} classes (0..{classes - 1})"
-            )
-        if self.output in ("probability", "margin") and classes < 2:
-            raise ConfigError(
-                f"output {self.output!r} needs at least 2 classes; the model has 1 (use 'logit')"
-            )
+        class_channel(int(self.logits.shape[1]), target)
 
     def _build(self, model, image, module, source, strategy):
         reasons = []
@@ -310,9 +305,11 @@ def jacobian(
         model: maps (B, C, H, W) to (B, K, H, W) logits; evaluated in eval mode, and its
             mode and parameters' ``requires_grad`` are restored afterwards.
         image: (C, H, W) or (H, W) (then C = 1).
-        target_class: the class whose output is differentiated.
-        output: ``"probability"`` (softmax), ``"logit"``, or ``"margin"`` (target logit minus
-            the log-sum-exp of the other logits).
+        target_class: the class whose output is differentiated (for a one-channel model
+            only 1, the vessel: its one channel).
+        output: ``"probability"`` (softmax; sigmoid for one channel), ``"logit"``, or
+            ``"margin"`` (target logit minus the log-sum-exp of the other logits; for one
+            channel the logit itself, the log-odds of vessel against background).
         pixels: ``None`` (all H·W output pixels, row-major), flat indices (N,), or (N, 2)
             (row, col) pairs.
         chunk_size: rows per batched backward pass (default: sized to memory).

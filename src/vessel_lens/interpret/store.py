@@ -8,7 +8,7 @@ Layout of ``<stem>.zarr``::
     done          (chunks,)     uint8, 1 once the block (and its scale) is written; created
                                 last, so a store without it was never finished being set up
     pixels        (N,)          int64 flat output-pixel index of each row
-    probability   (H, W)        float32 softmax probability of the target class
+    probability   (H, W)        float32 probability of the target class (sigmoid: one channel)
     image         (C, H, W)     float32 the input the rows are taken with respect to
     attributes                  how the rows were computed (model, checkpoint, image, crop box,
                                 output, target class, dtype, ...)

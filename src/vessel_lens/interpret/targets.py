@@ -3,7 +3,9 @@
 A :class:`Target` is a boolean mask over the output (H, W) plus the class and the output kind
 (``probability``: the softmax probability of ``target_class``; ``logit``: its logit). Its value
 for a batch of logits (B, K, H, W) is the output summed over the mask's pixels, one scalar per
-sample, so every attribution method explains one number per image.
+sample, so every attribution method explains one number per image. A model with one output
+channel is a sigmoid head: its probability is the sigmoid of that channel, its logit the
+channel, and only ``target_class`` 1 (the vessel) exists (:mod:`vessel_lens.models.heads`).
 
 Kinds of target:
 
@@ -30,6 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.models.heads import VESSEL_CLASS, class_probability, class_scores
 
 TARGET_KINDS = ("pixel", "mask", "segment", "false_positive", "false_negative")
 TARGET_OUTPUTS = ("probability", "logit")
@@ -93,14 +96,8 @@ class Target:
         """Summed output over the target: logits (B, K, H, W) -> (B,)."""
         if logits.dim() != 4:
             raise ConfigError(f"model output must be (B, K, H, W), not {tuple(logits.shape)}")
-        classes = logits.shape[1]
-        if self.target_class >= classes:
-            raise ConfigError(
-                f"target class {self.target_class}: the model has {classes} output classes"
-            )
         self.check_image(int(logits.shape[-2]), int(logits.shape[-1]))
-        scores = logits.softmax(1) if self.output == "probability" else logits
-        flat = scores[:, self.target_class].flatten(1)
+        flat = class_scores(logits, self.target_class, self.output).flatten(1)
         index = torch.nonzero(self.mask.flatten()).flatten().to(flat.device)
         return flat.index_select(1, index).sum(1)
 
@@ -238,7 +235,10 @@ def error_target(
 
 @torch.no_grad()
 def predicted_vessels(
-    model: nn.Module, image: torch.Tensor, threshold: float = 0.5, target_class: int = 1
+    model: nn.Module,
+    image: torch.Tensor,
+    threshold: float = 0.5,
+    target_class: int = VESSEL_CLASS,
 ) -> torch.Tensor:
     """Bool (H, W) mask of pixels whose class probability exceeds ``threshold`` (CPU).
 
@@ -249,7 +249,7 @@ def predicted_vessels(
     training = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        probability = model(batch.to(device)).softmax(1)[0, target_class]
+        probability = class_probability(model(batch.to(device)), target_class)[0]
     finally:
         for module, mode in training:
             module.training = mode

@@ -33,6 +33,11 @@ class TrainConfig:
     width: int = _f(16, "Channels of the first layer (the original used 64).")
     norm: str | None = _f("batch", "Normalisation: 'batch' or none.")
     dropout: float = _f(0.5, "Dropout probability at the bottleneck.")
+    num_classes: int = _f(
+        2,
+        "Output channels: 2 (softmax over background and vessel) or 1 (one vessel logit with "
+        "a sigmoid; the ce loss is then binary cross-entropy).",
+    )
     keep_channels: bool = _f(False, "Keep RGB channels instead of converting to grey.")
     mask_loss: bool | None = _f(
         None,
@@ -79,6 +84,10 @@ class TrainConfig:
             (self.width >= 1, f"width {self.width}: must be at least 1"),
             (self.norm in ("batch", None), f"norm {self.norm!r}: use batch or none"),
             (0 <= self.dropout < 1, f"dropout {self.dropout}: must be in [0, 1)"),
+            (
+                self.num_classes in (1, 2),
+                f"num_classes {self.num_classes}: use 2 (softmax) or 1 (sigmoid)",
+            ),
             (self.epochs >= 1, f"epochs {self.epochs}: must be at least 1"),
             (self.crops_per_image >= 1, "crops_per_image must be at least 1"),
             (self.batch_size >= 1, f"batch_size {self.batch_size}: must be at least 1"),
@@ -116,7 +125,10 @@ class TrainConfig:
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        return {"width": self.width, "norm": self.norm, "dropout": self.dropout}
+        kwargs = {"width": self.width, "norm": self.norm, "dropout": self.dropout}
+        if self.num_classes != 2:  # the models' default: runs from before the option resume
+            kwargs["num_classes"] = self.num_classes
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

@@ -140,13 +140,17 @@ def write_evaluation(result: Evaluation, out: Path, extra: dict | None = None) -
     return {"metrics": out / "metrics.json", "per_image": out / "per_image.csv"}
 
 
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
 def format_table(result: Evaluation) -> list[str]:
-    names = [n for n in METRIC_NAMES if n in result.mean or n in result.pooled]
+    """Every metric, one line each; ``n/a`` where it is undefined (clDice without skeletons,
+    AUC of labels that are all one class)."""
     lines = [f"{'metric':<12} {'mean/image':>10} {'pooled':>10}"]
-    for name in names:
-        mean = result.mean.get(name, float("nan"))
-        pooled = result.pooled.get(name, float("nan"))
-        lines.append(f"{name:<12} {mean:>10.4f} {pooled:>10.4f}")
+    for name in METRIC_NAMES:
+        mean, pooled = _cell(result.mean.get(name)), _cell(result.pooled.get(name))
+        lines.append(f"{name:<12} {mean:>10} {pooled:>10}")
     return lines
 
 

@@ -1,6 +1,7 @@
-"""Inference: vessel probabilities from a model, optionally with flip averaging, and for images
-larger than a tile by overlapping windows blended with Gaussian weights (MONAI's
-``sliding_window_inference``, imported only when an image needs it)."""
+"""Inference: vessel probabilities from a model (the softmax of class 1, or the sigmoid of a
+one-channel model's logit; see :mod:`vessel_lens.models.heads`), optionally with flip
+averaging, and for images larger than a tile by overlapping windows blended with Gaussian
+weights (MONAI's ``sliding_window_inference``, imported only when an image needs it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.models.heads import class_probability
 
 DEFAULT_OVERLAP = 0.25
 """Fraction of a window shared with each neighbour."""
@@ -32,7 +34,7 @@ def _sliding_windows(
     height, width = batch.shape[-2:]
 
     def vessel(window: torch.Tensor) -> torch.Tensor:
-        return model(window).softmax(1)[:, 1:2].float()
+        return class_probability(model(window))[:, None].float()
 
     blended = sliding_window_inference(
         batch,
@@ -56,7 +58,8 @@ def vessel_probability(
     tile: int = 0,
     overlap: float = DEFAULT_OVERLAP,
 ) -> torch.Tensor:
-    """(C, H, W) or (B, C, H, W) image -> (H, W) or (B, H, W) probability of class 1 (CPU).
+    """(C, H, W) or (B, C, H, W) image -> (H, W) or (B, H, W) vessel probability (CPU): the
+    softmax of class 1, or the sigmoid of the logit of a model with one output channel.
 
     The model is used as given (call ``.eval()`` first for inference) on ``device``
     (default: the device of its parameters). With ``flip_average`` the probabilities of the
@@ -80,7 +83,7 @@ def vessel_probability(
         if tiled:
             p = _sliding_windows(model, x, tile, overlap, device)
         else:
-            p = model(x).softmax(1)[:, 1].float().cpu()
+            p = class_probability(model(x)).float().cpu()
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
     probability = total / len(flips)

@@ -1,5 +1,10 @@
 """Losses: cross-entropy over the classes, soft Dice of the vessel class, or their sum; and
-the original's weight regularisation modes."""
+the original's weight regularisation modes.
+
+A model with one output channel (a sigmoid head, :mod:`vessel_lens.models.heads`) gets the
+same losses in their binary form: ``ce`` is the binary cross-entropy of the vessel logit, and
+the Dice is taken on its sigmoid.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.models.heads import class_probability
 
 LOSSES = ("ce", "dice", "ce+dice")
 REGULARISATIONS = ("none", "l1", "l2")
@@ -23,10 +29,17 @@ indices, ``valid`` bool (B, H, W) or None: pixels outside it add nothing, not ev
 def cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy over the ``valid`` pixels (0 when there is none, not NaN)."""
-    if valid is None:
+    """Mean cross-entropy over the ``valid`` pixels (0 when there is none, not NaN); binary
+    cross-entropy of the vessel logit for a one-channel model."""
+    if logits.shape[1] == 1:
+        vessel = (target == 1).to(logits.dtype)
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], vessel, reduction="none")
+        if valid is None:
+            return per_pixel.mean()
+    elif valid is None:
         return F.cross_entropy(logits, target)
-    per_pixel = F.cross_entropy(logits, target, reduction="none")
+    else:
+        per_pixel = F.cross_entropy(logits, target, reduction="none")
     weight = valid.to(per_pixel.dtype)
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
@@ -39,9 +52,10 @@ def soft_dice_loss(
 ) -> torch.Tensor:
     """1 - soft Dice of the vessel class (index 1) over the whole batch's ``valid`` pixels.
 
-    ``logits``: (B, K, H, W); ``target``: (B, H, W) class indices.
+    ``logits``: (B, K, H, W); ``target``: (B, H, W) class indices. The vessel probability is
+    the softmax of class 1, or the sigmoid of a one-channel model's logit.
     """
-    probability = logits.softmax(1)[:, 1]
+    probability = class_probability(logits)
     vessel = (target == 1).to(probability.dtype)
     if valid is not None:
         weight = valid.to(probability.dtype)

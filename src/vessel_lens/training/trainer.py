@@ -43,6 +43,7 @@ from vessel_lens.errors import (
     VesselLensError,
 )
 from vessel_lens.models.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from vessel_lens.models.heads import predicted_vessel
 from vessel_lens.models.registry import create_model
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
@@ -296,7 +297,7 @@ class Trainer:
             image = sample.image[None].to(self.ctx.device)
             label = sample.label[None].long().to(self.ctx.device)
             logits = self.model(image)
-            predicted, truth = logits.argmax(1)[0].cpu() == 1, sample.label
+            predicted, truth = predicted_vessel(logits)[0].cpu(), sample.label
             valid = None
             if sample.mask is not None:
                 predicted, truth = predicted[sample.mask], truth[sample.mask]

@@ -218,7 +218,7 @@ def pixel_panels(
     axes[0, 0].imshow(shown, cmap="gray", vmin=0, vmax=1)
     axes[0, 0].set_title("input", fontsize=9)
     axes[0, 1].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
-    axes[0, 1].set_title("softmax vessel probability", fontsize=9)
+    axes[0, 1].set_title("vessel probability", fontsize=9)
     if label is not None:
         prediction = probability.numpy() > 0.5
         rgb = overlay(shown, prediction & ~label.numpy(), (1.0, 0.15, 0.15), 0.7)

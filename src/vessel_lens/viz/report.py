@@ -1,9 +1,10 @@
 """The HTML report (``vessel-lens report``): one self-contained page plus its PNGs and CSVs.
 
-Per image: input, softmax vessel probability and errors; per chosen pixel the thresholded-gradient
-map (count and box from :func:`~vessel_lens.interpret.thresholds.pixel_stats`) and the signed
-gradient; the attribution methods side by side for every chosen pixel. Then the training curves
-and metrics (from a run folder), the model-parameter randomisation test and deletion/insertion
+Per image: input, vessel probability (softmax, or the sigmoid of a one-channel model) and
+errors; per chosen pixel the thresholded-gradient map (count and box from
+:func:`~vessel_lens.interpret.thresholds.pixel_stats`) and the signed gradient; the
+attribution methods side by side for every chosen pixel. Then the training curves and metrics
+(from a run folder), the model-parameter randomisation test and deletion/insertion
 curves on the first image(s), and the receptive-field statistics of a ``vessel-lens erf``
 output folder when one is given.
 
