@@ -184,3 +184,27 @@ def test_demo_never_writes_into_a_folder_holding_other_files(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "file"), "--device", "cpu"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["report", "--images", "5740", "15821", "--out", "r"],
+            ["report", "--images", "5740", "--images", "15821", "--out", "r"],
+        ),
+        (
+            ["erf", "--fractions", "0.01", "0.1", "--pixel-stride", "2", "--full"],
+            ["erf", "--fractions", "0.01", "--fractions", "0.1", "--pixel-stride", "2", "--full"],
+        ),
+        (["jacobian", "--images", "a,b"], ["jacobian", "--images", "a,b"]),
+        (["erf-stats", "--images", "a", "DIR"], ["erf-stats", "--images", "a", "DIR"]),
+        (["jacobian", "--", "--images", "a", "b"], ["jacobian", "--", "--images", "a", "b"]),
+    ],
+)
+def test_multi_value_options_take_several_values_after_one_flag(argv, expected):
+    import typer
+
+    from vessel_lens.cli import build_app, expand_multiple
+
+    assert expand_multiple(typer.main.get_command(build_app()), argv) == expected

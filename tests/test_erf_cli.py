@@ -176,7 +176,7 @@ def test_from_jacobian_reuses_stored_rows(setup, tmp_path):
     ("extra", "message"),
     [
         (("--full",), "exclude each other"),
-        (("--fractions", "abc"), "comma-separated numbers"),
+        (("--fractions", "abc"), "expected numbers"),
         (("--fractions", "1.5"), "must be in"),
         (("--mode", "median"), "mode"),
         (("--colouring", "maybe"), "colouring"),

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import vessel_lens
 
 IMPORT_EVERYTHING = """
@@ -18,6 +20,8 @@ before_files = sorted(os.listdir("."))
 before_torch = torch.random.get_rng_state()
 before_numpy = numpy.random.get_state()[1].copy()
 before_random = random.getstate()
+
+import pytest
 
 import vessel_lens
 
@@ -74,3 +78,43 @@ def test_importing_every_module_has_no_side_effects(tmp_path):
 def test_public_api_names_exist():
     for name in vessel_lens.__all__:
         assert hasattr(vessel_lens, name), name
+
+
+HEAVY = ("torch", "numpy", "matplotlib", "zarr", "monai", "captum", "skimage", "scipy", "dash")
+COMMAND_LINE_IMPORTS = """
+import json, sys
+from vessel_lens.cli import main
+status = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(HEAVY)))
+print(json.dumps({"status": status, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["jacobian", "--help"],
+        ["erf", "--crop", "x"],
+        ["app", "--help"],
+    ],
+)
+def test_help_and_argument_errors_import_no_heavy_library(argv):
+    """``--help`` and argument errors answer without importing torch (seconds on a busy CPU)."""
+    code = COMMAND_LINE_IMPORTS.replace("HEAVY", repr(json.dumps(HEAVY)))
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == (0 if "--help" in argv else 2), result.stderr
+    assert report["heavy"] == [], f"{argv} imported {report['heavy']}"
+
+
+def test_lazy_names_are_the_modules_objects_and_unknown_names_fail():
+    from vessel_lens.models import checkpoint
+
+    assert vessel_lens.load_model is checkpoint.load_model
+    assert set(vessel_lens.__all__) <= set(dir(vessel_lens))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        vessel_lens.not_a_name  # noqa: B018

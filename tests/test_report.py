@@ -11,7 +11,8 @@ import torch
 import typer
 
 import vessel_lens.cli as cli
-from vessel_lens.cli.report import parse_pixels, register, split_values
+from vessel_lens.cli._common import parse_pixels, split_values
+from vessel_lens.cli.report import register
 from vessel_lens.errors import ConfigError
 from vessel_lens.models import create_model, save_checkpoint
 from vessel_lens.viz.report import ReportOptions, choose_pixels, crop_sample
@@ -143,10 +144,10 @@ def test_report_with_crop_given_pixels_and_no_run_folder(
             "--crop",
             "48",
             "--pixels",
-            "3,4 40,41",
+            "3:4",
+            "40:41",
             "--methods",
             "saliency",
-            "--methods",
             "guided_backprop",
             "--sanity-methods",
             "saliency",
@@ -170,8 +171,8 @@ def test_report_with_crop_given_pixels_and_no_run_folder(
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--pixels", "3,99"], "outside image"),
-        (["--pixels", "3;x"], "expected ROW,COL"),
+        (["--pixels", "3:99"], "outside image"),
+        (["--pixels", "3;x"], "expected ROW:COL"),
         (["--methods", "lime"], "method 'lime'"),
         (["--images", "nope"], "image 'nope' is not in split"),
         (["--erf", "missing-folder"], "not a folder"),
@@ -190,9 +191,23 @@ def test_report_errors_are_one_line(
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
-def test_option_parsing():
-    assert parse_pixels(["1,2", "3,4 5:6", "7,8;9,10"]) == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
-    assert parse_pixels(None) is None
+def test_option_parsing(capsys):
+    assert parse_pixels(["1:2", "3:4 5:6", "7:8,9:10;11:12"]) == [
+        (1, 2),
+        (3, 4),
+        (5, 6),
+        (7, 8),
+        (9, 10),
+        (11, 12),
+    ]
+    assert capsys.readouterr().err == ""
+    assert parse_pixels(["1,2", "3,4 5:6"]) == [(1, 2), (3, 4), (5, 6)]  # the older form
+    assert capsys.readouterr().err.strip() == (
+        "warning: --pixels 1,2 3,4: ROW,COL pairs are deprecated; write 1:2 3:4"
+    )
+    assert parse_pixels(None) is None and parse_pixels([]) is None
+    with pytest.raises(ConfigError, match="expected ROW:COL"):
+        parse_pixels(["1,2,3"])
     assert split_values(["a,b", "c d"]) == ["a", "b", "c", "d"]
     with pytest.raises(ConfigError, match="threshold"):
         ReportOptions(threshold=0)

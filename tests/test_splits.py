@@ -94,3 +94,15 @@ def test_split_stems():
         split_stems(index, "test")
     with pytest.raises(ConfigError, match="--split 'training'"):
         split_stems(index, "training")
+
+
+def test_loaded_dataset_is_a_mapping_from_stem_to_sample():
+    from vessel_lens.data.source import open_dataset
+
+    data = open_dataset(None)
+    assert len(data) == 48 and list(data) == list(data.samples)
+    stem = data.splits["test"][0]
+    assert data[stem] is data.samples[stem] and stem in data
+    assert dict(data.items())[stem].stem == stem
+    with pytest.raises(KeyError, match=r"index by stem, e\.g\. data\['synth0000'\]"):
+        data[0]

@@ -1,48 +1,35 @@
 """vessel-lens: see why a vessel-segmentation CNN labels each pixel the way it does.
 
-Importing the package does no work: it loads no model, reads no data and seeds nothing.
+Importing the package does no work: it loads no model, reads no data and seeds nothing, and
+its public names import their modules (and torch) on first use.
 """
 
-from vessel_lens.data import index_dataset, load_samples, synthesize
-from vessel_lens.data.source import LoadedDataset, open_dataset
-from vessel_lens.devices import resolve_device
-from vessel_lens.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    TrainingError,
-    VesselLensError,
-)
-from vessel_lens.models import (
-    Checkpoint,
-    ResNetSeg,
-    UNet,
-    create_model,
-    list_models,
-    load_model,
-    save_checkpoint,
-)
+from vessel_lens._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "LoadedDataset",
-    "ResNetSeg",
-    "TrainingError",
-    "UNet",
-    "VesselLensError",
-    "__version__",
-    "create_model",
-    "index_dataset",
-    "list_models",
-    "load_model",
-    "load_samples",
-    "open_dataset",
-    "resolve_device",
-    "save_checkpoint",
-    "synthesize",
-]
+_all, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "data": ["index_dataset", "load_samples", "synthesize"],
+        "data.source": ["LoadedDataset", "open_dataset"],
+        "devices": ["resolve_device"],
+        "errors": [
+            "CheckpointError",
+            "ConfigError",
+            "DataError",
+            "TrainingError",
+            "VesselLensError",
+        ],
+        "models": [
+            "Checkpoint",
+            "ResNetSeg",
+            "UNet",
+            "create_model",
+            "list_models",
+            "load_model",
+            "save_checkpoint",
+        ],
+    },
+)
+__all__ = [*_all, "__version__"]

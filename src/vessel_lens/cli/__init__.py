@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status instead of raising."""
     warnings.formatwarning = _one_line_warning
     command = typer.main.get_command(build_app())
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        result = command.main(args=argv, prog_name="vessel-lens", standalone_mode=False)
+        result = command.main(
+            args=expand_multiple(command, args), prog_name="vessel-lens", standalone_mode=False
+        )
     except VesselLensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -70,6 +73,32 @@ def main(argv: list[str] | None = None) -> int:
     if result == 130:  # typer turns Ctrl-C inside a command into exit status 130
         print("interrupted", file=sys.stderr)
     return result if isinstance(result, int) else 0
+
+
+def expand_multiple(command, args: list[str]) -> list[str]:
+    """Let a multi-value option take several values after one flag: ``--images a b`` becomes
+    ``--images a --images b`` (what click understands), for commands without positional
+    arguments (where a bare word could only be such a value)."""
+    at = 0
+    while at < len(args) and args[at] in getattr(command, "commands", {}):
+        command = command.commands[args[at]]
+        at += 1
+    params = getattr(command, "params", [])
+    if any(p.param_type_name == "argument" for p in params):
+        return args
+    multiple = {o for p in params if getattr(p, "multiple", False) for o in p.opts}
+    expanded, option, taken = args[:at], None, 0
+    for index, token in enumerate(args[at:], start=at):
+        if token == "--":
+            return expanded + args[index:]
+        if token.startswith("-"):
+            option, taken = (token if token in multiple else None), 0
+        elif option is not None:
+            if taken:
+                expanded.append(option)
+            taken += 1
+        expanded.append(token)
+    return expanded
 
 
 def _click_exit_status(exc: Exception) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
@@ -34,14 +36,70 @@ def print_table(rows: Iterable[tuple[str, str]]) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
+def split_values(values: str | Iterable[str] | None) -> list[str]:
+    """The items of a multi-value option: ``--images a b``, ``--images a,b`` and
+    ``--images a --images b`` all give ``["a", "b"]`` (commas, semicolons or spaces)."""
+    if values is None:
+        return []
+    texts = [values] if isinstance(values, str) else list(values)
+    return [v for text in texts for v in re.split(r"[,;\s]+", text.strip()) if v]
+
+
+def parse_floats(values: str | Iterable[str] | None, option: str) -> tuple[float, ...]:
+    """Numbers of a multi-value option (see :func:`split_values`)."""
+    items = split_values(values)
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        numbers = tuple(float(v) for v in items)
     except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
-    if not values:
+        bad = next(v for v in items if not _is_float(v))
+        raise ConfigError(f"{option} {bad!r}: expected numbers, e.g. 0.01,0.05") from None
+    if not numbers:
         raise ConfigError(f"{option}: no values given")
-    return values
+    return numbers
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_pixels(
+    values: str | Iterable[str] | None, option: str = "--pixels"
+) -> list[tuple[int, int]] | None:
+    """Pixels of a multi-value option as ``ROW:COL`` items (``--pixels 10:12 30:5`` or
+    ``--pixels 10:12,30:5``). The older ``ROW,COL`` pairs (``--pixels "10,12 30,5"``) are
+    read with a deprecation warning. ``None`` when no value is given."""
+    if values is None or (not isinstance(values, str) and not list(values)):
+        return None
+    texts = [values] if isinstance(values, str) else list(values)
+    pixels, deprecated = [], []
+    for text in texts:
+        for token in re.split(r"[;\s]+", text.strip()):
+            pair = re.fullmatch(r"(\d+),(\d+)", token)
+            if pair is not None:
+                deprecated.append(token)
+                pixels.append((int(pair[1]), int(pair[2])))
+                continue
+            for item in filter(None, token.split(",")):
+                match = re.fullmatch(r"(\d+):(\d+)", item)
+                if match is None:
+                    raise ConfigError(
+                        f"{option} {item!r}: expected ROW:COL with integers >= 0, e.g. 10:12 30:5"
+                    )
+                pixels.append((int(match[1]), int(match[2])))
+    if deprecated:
+        written = " ".join(t.replace(",", ":") for t in deprecated)
+        print(
+            f"warning: {option} {' '.join(deprecated)}: ROW,COL pairs are deprecated; "
+            f"write {written}",
+            file=sys.stderr,
+        )
+    if not pixels:
+        raise ConfigError(f"{option}: no pixels given")
+    return pixels
 
 
 def fresh_output_dir(path: Path, overwrite: bool, marker: str, writes: Iterable[str] = ()) -> Path:

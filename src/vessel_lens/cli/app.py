@@ -56,7 +56,7 @@ def app(
     ] = 2,
     max_side: Annotated[
         int, typer.Option(help="Largest analysed side; larger images open as a centred crop.")
-    ] = 1024,
+    ] = 512,
     upload_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB.")] = 20.0,
     cache_mb: Annotated[
         int,

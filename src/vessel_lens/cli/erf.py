@@ -8,12 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import parse_floats
+from vessel_lens.cli._common import parse_floats, split_values
 from vessel_lens.errors import ConfigError
-
-
-def _stems(images: list[str] | None) -> list[str]:
-    return [s.strip() for item in images or [] for s in item.split(",") if s.strip()]
 
 
 def erf(
@@ -44,15 +40,15 @@ def erf(
     full: Annotated[bool, typer.Option("--full", help="Whole images instead of a crop.")] = False,
     images: Annotated[
         list[str] | None,
-        typer.Option(help="Only these image stems (repeat the option or separate with commas)."),
+        typer.Option(help="Only these image stems (several: a b, or a,b)."),
     ] = None,
     fractions: Annotated[
-        str,
+        list[str],
         typer.Option(
-            help="Threshold fractions, comma-separated; 0.01 means 1 % (mode absolute: "
-            "the thresholds themselves)."
+            help="Threshold fractions (several: 0.01 0.05, or 0.01,0.05); 0.01 means 1 % "
+            "(mode absolute: the thresholds themselves)."
         ),
-    ] = "0.005,0.01,0.05,0.1,0.25,0.5",
+    ] = ["0.005", "0.01", "0.05", "0.1", "0.25", "0.5"],  # noqa: B006 (typer reads it)
     mode: Annotated[
         str,
         typer.Option(
@@ -64,8 +60,9 @@ def erf(
         str, typer.Option(help="sum: |g| summed over input channels; separate: maps per channel.")
     ] = "sum",
     mass_fractions: Annotated[
-        str, typer.Option(help="Fractions of the gradient mass whose radius is measured.")
-    ] = "0.5,0.9",
+        list[str],
+        typer.Option(help="Fractions of the gradient mass whose radius is measured."),
+    ] = ["0.5", "0.9"],  # noqa: B006 (typer reads it)
     pixel_stride: Annotated[
         int, typer.Option(help="Every S-th output pixel in each direction.")
     ] = 1,
@@ -135,7 +132,7 @@ def erf(
         data=data,
         split=split,
         crop=0 if full else (64 if crop is None else crop),
-        images=_stems(images),
+        images=split_values(images),
         fractions=parse_floats(fractions, "--fractions"),
         mode=mode,
         channels=channels,

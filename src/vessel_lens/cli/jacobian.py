@@ -7,27 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.errors import ConfigError
-
-
-def parse_pixels(text: str) -> list[tuple[int, int]]:
-    """``"R:C,R:C,..."`` → [(R, C), ...]."""
-    pairs = []
-    for item in text.replace(" ", "").split(","):
-        if not item:
-            continue
-        row, sep, col = item.partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            pairs.append((int(row), int(col)))
-        except ValueError:
-            raise ConfigError(
-                f"--pixels {item!r}: expected ROW:COL pairs separated by commas, e.g. 10:12,30:5"
-            ) from None
-    if not pairs:
-        raise ConfigError("--pixels: no pixels given")
-    return pairs
+from vessel_lens.cli._common import parse_pixels, split_values
 
 
 def jacobian(
@@ -51,15 +31,17 @@ def jacobian(
     ] = 64,
     images: Annotated[
         list[str] | None,
-        typer.Option(help="Only these image stems (repeat the option or separate with commas)."),
+        typer.Option(help="Only these image stems (several: a b, or a,b)."),
     ] = None,
     dtype: Annotated[
         str,
         typer.Option(help="Storage type: float32, float16 or uint8 (per-block min/max scaling)."),
     ] = "float32",
     pixels: Annotated[
-        str | None,
-        typer.Option(help="Output pixels as ROW:COL pairs within the crop, comma-separated."),
+        list[str] | None,
+        typer.Option(
+            help="Output pixels ROW:COL within the crop (several: 10:12 30:5, or comma-separated)."
+        ),
     ] = None,
     pixel_stride: Annotated[
         int,
@@ -102,16 +84,15 @@ def jacobian(
     from vessel_lens.distributed import shutdown_distributed
     from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
 
-    stems = [s for item in images or [] for s in item.split(",") if s.strip()]
     config = ExtractConfig(
         checkpoint=checkpoint,
         out=out,
         data=data,
         split=split,
         crop=crop,
-        images=[s.strip() for s in stems],
+        images=split_values(images),
         dtype=dtype,
-        pixels=parse_pixels(pixels) if pixels is not None else None,
+        pixels=parse_pixels(pixels),
         pixel_stride=pixel_stride,
         output=output,
         target_class=target_class,

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
+from vessel_lens.cli._common import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    OverlapOption,
+    TileOption,
+    parse_pixels,
+    split_values,
+)
 
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
-
-
-def split_values(values: list[str] | None) -> list[str]:
-    """Repeated options whose values may also hold several items separated by commas,
-    semicolons or spaces."""
-    return [v for text in values or [] for v in re.split(r"[,;\s]+", text.strip()) if v]
-
-
-def parse_pixels(values: list[str] | None) -> list[tuple[int, int]] | None:
-    """``ROW,COL`` pairs; several per value separated by spaces or semicolons."""
-    from vessel_lens.errors import ConfigError
-
-    if not values:
-        return None
-    pixels = []
-    for text in values:
-        for pair in re.split(r"[;\s]+", text.strip()):
-            if not pair:
-                continue
-            match = re.fullmatch(r"(\d+)[,:](\d+)", pair)
-            if match is None:
-                raise ConfigError(f"--pixels {pair!r}: expected ROW,COL with integers >= 0")
-            pixels.append((int(match[1]), int(match[2])))
-    return pixels
 
 
 def report(
@@ -46,7 +28,7 @@ def report(
     split: Annotated[str, typer.Option(help="train, val, test or all.")] = "test",
     images: Annotated[
         list[str] | None,
-        typer.Option(help="Image stems to show (repeat, or separate by commas)."),
+        typer.Option(help="Image stems to show (several: a b, or a,b)."),
     ] = None,
     max_images: Annotated[
         int, typer.Option(help="Show at most this many images (when --images is not given).")
@@ -57,13 +39,14 @@ def report(
     pixels: Annotated[
         list[str] | None,
         typer.Option(
-            help="Output pixels ROW,COL in the (cropped) image; repeat or separate pairs by "
-            "spaces. Default: a confident vessel, a background pixel and a false positive."
+            help="Output pixels ROW:COL in the (cropped) image (several: 10:12 30:5, or "
+            "comma-separated). Default: a confident vessel, a background pixel and a false "
+            "positive."
         ),
     ] = None,
     methods: Annotated[
         list[str] | None,
-        typer.Option(help="Attribution methods (repeat or comma-separated; default: all)."),
+        typer.Option(help="Attribution methods (several: a b, or a,b; default: all)."),
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="Thresholded-gradient fraction of each pixel's own max.")

@@ -3,6 +3,7 @@ is given) the embedded synthetic vessels."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,34 @@ SYNTHETIC = "synthetic"
 
 
 @dataclass
-class LoadedDataset:
-    """Samples by stem, with the split to use and where that split came from."""
+class LoadedDataset(Mapping[str, Sample]):
+    """Samples by stem, with the split to use and where that split came from.
+
+    A read-only mapping from stem to :class:`Sample` (``len(data)``, ``data["5740"]``,
+    ``for stem in data``, ``data.items()``); ``data.subset("test")`` lists a split's samples
+    and ``data.splits["test"]`` its stems.
+    """
 
     name: str
     samples: dict[str, Sample]
     splits: dict[str, list[str]]
     split_source: str
+
+    def __getitem__(self, stem: str) -> Sample:
+        try:
+            return self.samples[stem]
+        except (KeyError, TypeError):
+            first = next(iter(self.samples), "")
+            raise KeyError(
+                f"{self.name} has no image {stem!r}: index by stem, e.g. data[{first!r}] "
+                "(list(data) gives the stems; data.subset('test') a split's samples)"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     @property
     def has_skeletons(self) -> bool:

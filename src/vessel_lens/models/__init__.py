@@ -1,25 +1,19 @@
 """Models: the reference ResNet encoder-decoder, a U-Net, the registry and checkpoints."""
 
-from vessel_lens.models.checkpoint import (
-    Checkpoint,
-    load_model,
-    read_checkpoint,
-    resolve_checkpoint_path,
-    save_checkpoint,
-)
-from vessel_lens.models.registry import MODELS, create_model, list_models
-from vessel_lens.models.resnet_seg import ResNetSeg
-from vessel_lens.models.unet import UNet
+from vessel_lens._lazy import lazy_exports
 
-__all__ = [
-    "MODELS",
-    "Checkpoint",
-    "ResNetSeg",
-    "UNet",
-    "create_model",
-    "list_models",
-    "load_model",
-    "read_checkpoint",
-    "resolve_checkpoint_path",
-    "save_checkpoint",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "checkpoint": [
+            "Checkpoint",
+            "load_model",
+            "read_checkpoint",
+            "resolve_checkpoint_path",
+            "save_checkpoint",
+        ],
+        "registry": ["MODELS", "create_model", "list_models"],
+        "resnet_seg": ["ResNetSeg"],
+        "unet": ["UNet"],
+    },
+)

@@ -14,8 +14,6 @@ from typing import Any
 import yaml
 
 from vessel_lens.errors import ConfigError
-from vessel_lens.models.registry import list_models
-from vessel_lens.training.losses import LOSSES, REGULARISATIONS
 
 SCHEDULES = ("plateau", "cosine", "constant")
 
@@ -73,6 +71,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        from vessel_lens.models.registry import list_models  # torch: only when a config is built
+        from vessel_lens.training.losses import LOSSES, REGULARISATIONS
+
         for item in fields(self):
             setattr(self, item.name, _typed(item.name, item.type, getattr(self, item.name)))
         if isinstance(self.split_fractions, list):
