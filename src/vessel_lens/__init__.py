@@ -10,8 +10,10 @@ from vessel_lens.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    OutputError,
     TrainingError,
     VesselLensError,
+    WriteError,
 )
 from vessel_lens.models import (
     Checkpoint,
@@ -31,10 +33,12 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LoadedDataset",
+    "OutputError",
     "ResNetSeg",
     "TrainingError",
     "UNet",
     "VesselLensError",
+    "WriteError",
     "__version__",
     "create_model",
     "index_dataset",
