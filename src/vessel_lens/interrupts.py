@@ -33,11 +33,16 @@ def sigterm_as_interrupt() -> Iterator[list[int]]:
     if not _main_thread():
         yield received
         return
+    current = signal.getsignal(signal.SIGTERM)
+    if hasattr(current, "received"):  # nested: the outer block's handler already does this
+        yield current.received
+        return
 
     def terminate(signum, frame) -> None:
         received.append(signum)
         raise Terminated()
 
+    terminate.received = received
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield received

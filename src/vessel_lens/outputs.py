@@ -292,7 +292,8 @@ class OutputLock:
         _HELD[key] = 1
         return self
 
-    def _lock(self) -> int:
+    def _lock(self) -> int | None:
+        """The locked lock file's descriptor (None where the file system has no locks)."""
         for _ in range(100):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -308,9 +309,10 @@ class OutputLock:
                     "choose another --out"
                 ) from None
             except OSError as exc:  # a file system without locks (some network mounts)
+                os.close(fd)
                 note(f"{self.folder}: cannot be locked ({exc.strerror}); a second writer would "
                      "not be refused")  # fmt: skip
-                return fd
+                return None
             try:  # the file we locked is still the one at the path (its holder removes it)
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     break
@@ -360,8 +362,9 @@ class OutputLock:
         if _HELD[key] > 0:
             return
         del _HELD[key]
-        with suppress(OSError):  # removed before unlocking: see the inode check in _lock
-            self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            with suppress(OSError):  # removed before unlocking: see the inode check in _lock
+                self.path.unlink(missing_ok=True)
         self._close()
         self._remove_created()
 

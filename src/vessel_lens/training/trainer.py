@@ -424,6 +424,12 @@ class Trainer:
                 )
             raise
         bar.close()
+        recorded = _recorded_run_id(self.out / "config.yaml") if self.ctx.is_main else None
+        if self.run_id and recorded not in (None, self.run_id):
+            raise TrainingError(
+                f"{self.out}: config.yaml was replaced by another run while this one trained; "
+                "the folder mixes two runs' files: start it again with --overwrite"
+            )
         return TrainSummary(
             self.out, self.epoch, self.best_epoch, self.best_dice, stop_reason, self.elapsed
         )
