@@ -115,9 +115,10 @@ def require_empty(folder: Path, own: Iterable[str] = ()) -> None:
         raise OutputError(f"{folder}: is not empty (holds {others[0]!r}); {EMPTY_HINT}")
 
 
-def refused(path: Path, holding: str) -> OutputError:
-    """The error for one output ``path`` holding something the command may not replace."""
-    return OutputError(f"{path}: {holding}; {OVERWRITE_HINT}")
+def refused(path: Path, holding: str, kind: type[VesselLensError] = OutputError) -> VesselLensError:
+    """The error for one output ``path`` holding something the command may not replace
+    (``kind``: :class:`DataError` where the path holds something unreadable)."""
+    return kind(f"{path}: {holding}; {OVERWRITE_HINT}")
 
 
 def remove_temporaries(folder: Path) -> list[Path]:

@@ -168,7 +168,7 @@ def needs_work(config, job: Job) -> bool:
     except DataError:
         if config.overwrite:
             return True
-        raise refused(job.path, "exists but is not a receptive-field file") from None
+        raise refused(job.path, "exists but is not a receptive-field file", DataError) from None
     wanted = json.loads(json.dumps(job.attrs))
     different = [key for key in COMPARED if existing.get(key) != wanted.get(key)]
     if different and not config.overwrite:

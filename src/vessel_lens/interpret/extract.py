@@ -238,7 +238,9 @@ def _prepare_store(config: ExtractConfig, job: _Job, model, device, chunk_rows) 
             store = None
         except DataError:
             if not config.overwrite:
-                raise refused(job.path, "exists but is not a readable Jacobian store") from None
+                raise refused(
+                    job.path, "exists but is not a readable Jacobian store", DataError
+                ) from None
             store = None
         if store is not None:
             different = _differences(store.attrs, job.attrs)
