@@ -127,10 +127,10 @@ def test_evaluate_checks_the_folder_before_computing(inputs, tmpfs, tmp_path, mo
         raise AssertionError("evaluate computed before checking its output folder")
 
     monkeypatch.setattr(evaluate_module, "evaluate_model", computing)
-    readonly = tmpfs("readonly", "size=1m,ro")
-    assert main(command("evaluate", *inputs, readonly / "eval", tmp_path)) == 1
+    readonly = tmpfs("readonly", "size=1m,ro")  # exists, so creating it succeeds
+    assert main(command("evaluate", *inputs, readonly, tmp_path)) == 1
     line = one_error_line(capsys.readouterr().err)
-    assert line == f"error: {readonly / 'eval'}: cannot create the folder (read-only file system)"
+    assert line == f"error: {readonly}: cannot write (read-only file system)"
 
 
 PERMISSION_SCRIPT = """
