@@ -574,7 +574,8 @@ def resume(out: str | Path, progress: bool = True, epochs: int | None = None) ->
     config = TrainConfig.from_dict(values, str(out / "config.yaml"))
     ctx = init_distributed(resolve_device(config.device))
     with claim_output(out, "train --resume", group=ctx):
-        if _stopped_before_first_save(out):
+        # decided by rank 0 for all: the others could look after it has written a checkpoint
+        if ctx.any(ctx.is_main and _stopped_before_first_save(out)):
             if ctx.is_main:
                 note(f"{out}: the run stopped before its first checkpoint; starting it again")
             return _start(config, out, ctx, progress, replace=True)
