@@ -24,8 +24,8 @@ from vessel_lens.outputs import (
     read_lock,
     refuse_replacing,
     require_empty,
-    write_error,
 )
+from vessel_lens.write_errors import write_error
 
 HOLDER = """
 import sys, time

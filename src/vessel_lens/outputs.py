@@ -15,14 +15,13 @@ Every command that writes a folder claims it with :func:`claim_output` before co
    ``<folder>: already holds <name>; choose another --out or pass --overwrite``.
 4. Until the command ends, an ``OSError`` meaning that a write failed (permission denied, no
    space left, read-only file system, quota) becomes a :class:`~vessel_lens.errors.WriteError`
-   naming the path and the reason.
+   naming the path and the reason (:mod:`vessel_lens.write_errors`).
 
 A folder the claim created is removed again when the command leaves it empty.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -35,22 +34,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from vessel_lens.errors import OutputError, VesselLensError, WriteError
+from vessel_lens.errors import OutputError, VesselLensError
+from vessel_lens.write_errors import cannot, write_errors_named
 
 LOCK_NAME = ".vessel-lens.lock"
 """The lock file inside a claimed folder (removed when its holder releases it)."""
 OVERWRITE_HINT = "choose another --out or pass --overwrite"
 EMPTY_HINT = "choose a new or empty folder for --out"
-WRITE_REASONS = {
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EFBIG: "file too large",
-}
-"""``errno`` values that mean a write failed, with the reason given to the user."""
-
 _HELD: dict[str, int] = {}
 """Folders this process holds (resolved path: nesting depth), so that a nested claim of a
 folder it already holds does not refuse itself."""
@@ -132,116 +122,6 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-# ------------------------------------------------------------------------- write errors
-def write_reason(exc: BaseException) -> str | None:
-    """Why a write failed ("permission denied", "no space left on device", ...), or None if
-    ``exc`` does not say that a write failed."""
-    if isinstance(exc, OSError) and exc.errno in WRITE_REASONS:
-        return WRITE_REASONS[exc.errno]
-    return None
-
-
-def write_error(exc: BaseException, folder: Path | None = None) -> WriteError | None:
-    """The one-line error for ``exc`` if it means a write failed, else None. A permission
-    error on a file outside ``folder`` is a read problem and is left alone."""
-    if not isinstance(exc, OSError) or exc.errno not in WRITE_REASONS:
-        return None
-    named = Path(os.fsdecode(exc.filename)) if isinstance(exc.filename, (str, bytes)) else None
-    reading = named is not None and folder is not None and not _inside(named, Path(folder))
-    if exc.errno in (errno.EACCES, errno.EPERM) and reading:
-        return None
-    where = named or folder
-    reason = WRITE_REASONS[exc.errno]
-    return WriteError(f"{where}: cannot write ({reason})" if where else f"cannot write ({reason})")
-
-
-@contextmanager
-def write_errors_named(folder: Path) -> Iterator[None]:
-    """Turn write failures inside the block into :class:`WriteError` (see :func:`write_error`)."""
-    try:
-        yield
-    except OSError as exc:
-        error = write_error(exc, folder)
-        if error is None:
-            raise
-        raise error from exc
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.absolute().relative_to(folder.absolute())
-    except ValueError:
-        return False
-    return True
-
-
-def _cannot(exc: OSError, path: Path, what: str = "cannot write") -> VesselLensError:
-    """A failed write (permission, space) is a :class:`WriteError`; anything else (a path
-    through a file, a name too long) means the option names no usable place."""
-    if exc.errno in WRITE_REASONS:
-        return WriteError(f"{path}: {what} ({WRITE_REASONS[exc.errno]})")
-    return OutputError(f"{path}: {what} ({(exc.strerror or str(exc)).lower()})")
-
-
-# ------------------------------------------------------------------------ single files
-def check_output_file(
-    path: str | Path, option: str, suffixes: tuple[str, ...] = (".png",), overwrite: bool = False
-) -> Path:
-    """Check, before any work, a file a command will write: its suffix, its folder (which must
-    exist and be writable), and that it does not exist unless ``overwrite``."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise OutputError(f"{option} {path}: must be a {' or '.join(suffixes)} file")
-    if path.is_dir():
-        raise OutputError(f"{option} {path}: is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise OutputError(f"{option} {path}: folder {path.parent} does not exist")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputError(
-            f"{option} {path}: already exists; choose another name or pass --overwrite"
-        )
-    probe = path.parent / f".{path.name}.probe.{os.getpid()}.tmp"
-    try:
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as exc:
-        with suppress(OSError):
-            probe.unlink(missing_ok=True)
-        raise _cannot(exc, path) from None
-    return path
-
-
-@contextmanager
-def writing_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary name beside ``path`` (same suffix) to write; when the block ends
-    normally the file becomes ``path``, replacing one only with ``overwrite`` (also one that
-    appeared meanwhile). On any failure nothing is left behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        with write_errors_named(path.parent):
-            yield tmp
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                _publish_new(tmp, path)
-    finally:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def _publish_new(tmp: Path, path: Path) -> None:
-    exists = OutputError(f"{path}: already exists; choose another name or pass --overwrite")
-    try:
-        os.link(tmp, path)  # fails if path exists: never replaces a file
-    except FileExistsError:
-        raise exists from None
-    except OSError:  # a file system without hard links
-        if path.exists():
-            raise exists from None
-        os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- the lock
 def _describe(record: dict[str, Any]) -> str:
     command = record.get("command") or "another process"
@@ -280,7 +160,7 @@ class OutputLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _cannot(exc, folder, "cannot create the folder") from None
+            raise cannot(exc, folder, "cannot create the folder") from None
         self._created = missing  # innermost first, the order to remove them in
         try:
             self._fd = self._lock()
@@ -299,7 +179,7 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise _cannot(exc, self.folder) from None
+                raise cannot(exc, self.folder) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -340,7 +220,7 @@ class OutputLock:
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         except OSError as exc:
             os.close(fd)
-            raise _cannot(exc, self.path) from None
+            raise cannot(exc, self.path) from None
         return fd
 
     def _probe(self) -> None:
@@ -353,7 +233,7 @@ class OutputLock:
         except OSError as exc:
             with suppress(OSError):
                 probe.unlink(missing_ok=True)
-            raise _cannot(exc, self.folder) from None
+            raise cannot(exc, self.folder) from None
 
     def release(self) -> None:
         if not self.held:
@@ -463,14 +343,10 @@ __all__ = [
     "LOCK_NAME",
     "OutputLock",
     "OutputNote",
-    "check_output_file",
     "claim_output",
     "read_lock",
     "refuse_replacing",
     "refused",
     "remove_temporaries",
     "require_empty",
-    "write_error",
-    "write_reason",
-    "writing_file",
 ]

@@ -64,7 +64,7 @@ def _stopped(terminated: list[int]) -> None:
 
 
 def _run(command, argv: list[str] | None, terminated: list[int]) -> int:
-    from vessel_lens.outputs import WRITE_REASONS
+    from vessel_lens.write_errors import WRITE_REASONS
 
     try:
         result = command.main(args=argv, prog_name="vessel-lens", standalone_mode=False)

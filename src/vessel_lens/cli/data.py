@@ -32,8 +32,8 @@ def check(
 ) -> int:
     """Validate a dataset and print a summary; exit 1 if any file has an error."""
     from vessel_lens.data.check import check_dataset
-    from vessel_lens.outputs import check_output_file, writing_file
     from vessel_lens.viz.preview import preview_figure
+    from vessel_lens.write_errors import check_output_file, writing_file
 
     if preview is not None:  # before the check, which can take a while
         preview = check_output_file(preview, "--preview", overwrite=overwrite)

@@ -19,7 +19,8 @@ from skimage.morphology import skeletonize
 from tqdm import tqdm
 
 from vessel_lens.errors import ConfigError, OutputError, WriteError
-from vessel_lens.outputs import EMPTY_HINT, claim_output, require_empty, write_reason
+from vessel_lens.outputs import EMPTY_HINT, claim_output, require_empty
+from vessel_lens.write_errors import write_reason
 
 MIN_SIZE = 16
 """Smallest synthetic image side in pixels."""

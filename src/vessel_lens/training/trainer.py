@@ -11,7 +11,7 @@ run continues exactly as an uninterrupted one would (bit-exact on CPU).
 
 The folder is held with :func:`vessel_lens.outputs.claim_output` for the whole run. A run id,
 recorded in ``config.yaml`` and in every checkpoint, lets ``resume`` refuse a folder whose files
-come from two runs (two processes writing into it at once despite the lock).
+come from two runs (two processes writing into it at once where it could not be locked).
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ from vessel_lens.outputs import (
     note,
     other_entries,
     remove_temporaries,
-    write_reason,
 )
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
 from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
 from vessel_lens.training.schedule import make_scheduler
 from vessel_lens.viz.curves import learning_curves
+from vessel_lens.write_errors import write_reason
 
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 
