@@ -153,3 +153,10 @@ def test_guard_messages_share_one_style(tmp_path):
         require_empty(tmp_path, own=["figures"])
     assert str(info.value) == f"{tmp_path}: is not empty (holds 'notes.txt'); {EMPTY_HINT}"
     assert isinstance(info.value, ConfigError)
+
+
+def test_notes_print_as_note_lines():
+    from vessel_lens.cli import _one_line_warning
+
+    assert _one_line_warning("taken over", OutputNote, "f.py", 1) == "note: taken over\n"
+    assert _one_line_warning("odd", UserWarning, "f.py", 1) == "warning: odd\n"
