@@ -172,18 +172,19 @@ def test_training_ignores_labels_outside_the_mask_and_records_it(make_dataset, t
         label, mask = read_raw(path).copy(), read_raw(second / "masks" / path.name)
         label[mask == 0] = 255 - label[mask == 0]
         Image.fromarray(label).save(path)
-    tiny_run(first, tmp_path / "a")
-    tiny_run(second, tmp_path / "b")
-    a, b = (read_checkpoint(tmp_path / run / "last.pt") for run in "ab")
+    # the runs go beside the datasets: a folder holding a dataset is no run folder
+    tiny_run(first, tmp_path / "run-a")
+    tiny_run(second, tmp_path / "run-b")
+    a, b = (read_checkpoint(tmp_path / f"run-{run}" / "last.pt") for run in "ab")
     for key, value in a.state_dict.items():
         assert torch.equal(value, b.state_dict[key]), key
-    assert read_config(tmp_path / "a" / "config.yaml")["mask_loss"] is True
+    assert read_config(tmp_path / "run-a" / "config.yaml")["mask_loss"] is True
     assert a.metadata["masks"] == {"dataset": True, "loss": True}
     assert a.metadata["config"]["mask_loss"] is True
-    tiny_run(second, tmp_path / "c", mask_loss=False)
-    c = read_checkpoint(tmp_path / "c" / "last.pt")
+    tiny_run(second, tmp_path / "run-c", mask_loss=False)
+    c = read_checkpoint(tmp_path / "run-c" / "last.pt")
     assert c.metadata["masks"] == {"dataset": True, "loss": False}
-    assert read_config(tmp_path / "c" / "config.yaml")["mask_loss"] is False
+    assert read_config(tmp_path / "run-c" / "config.yaml")["mask_loss"] is False
     assert any(not torch.equal(v, c.state_dict[k]) for k, v in b.state_dict.items())
 
 

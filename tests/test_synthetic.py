@@ -135,7 +135,7 @@ def test_non_empty_out_is_refused_and_changes_nothing(tmp_path, user_file):
     out = tmp_path / "mine"
     (out / user_file).parent.mkdir(parents=True, exist_ok=True)
     (out / user_file).write_bytes(b"user data")
-    with pytest.raises(ConfigError, match="already exists and is not empty"):
+    with pytest.raises(ConfigError, match="is not empty"):
         write_synthetic_dataset(out, count=1, size=32, progress=False)
     assert [p for p in out.rglob("*") if p.is_file()] == [out / user_file]
     assert (out / user_file).read_bytes() == b"user data"

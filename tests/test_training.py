@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from vessel_lens.cli import main
-from vessel_lens.errors import CheckpointError, ConfigError, DataError, TrainingError
+from vessel_lens.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    TrainingError,
+    WriteError,
+)
 from vessel_lens.models import load_model, read_checkpoint
 from vessel_lens.training import TrainConfig, resume, train
 from vessel_lens.training.config import read_config
@@ -171,7 +177,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(TrainingError, match=r"No space left on device.*previous"):
+    with pytest.raises(WriteError, match=r"cannot write \(no space left on device\); the previous"):
         resume(out, progress=False, epochs=2)
     monkeypatch.setattr(torch, "save", real_save)
     assert (out / "last.pt").read_bytes() == good
@@ -183,6 +189,10 @@ def test_resume_refuses_mismatched_checkpoint(tmp_path):
     train(tiny(epochs=1), out, progress=False)
     train(tiny(epochs=1, width=6), tmp_path / "other", progress=False)
     (out / "last.pt").write_bytes((tmp_path / "other/last.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"last\.pt belongs to another run .* config\.yaml"):
+        resume(out, progress=False)
+    config = (out / "config.yaml").read_text()  # a run from before run ids: the model decides
+    (out / "config.yaml").write_text(re.sub(r"\n  run_id: \w+", "", config))
     with pytest.raises(CheckpointError, match=r"config\.yaml asks for"):
         resume(out, progress=False)
 

@@ -18,8 +18,10 @@ _all, __getattr__, __dir__ = lazy_exports(
             "CheckpointError",
             "ConfigError",
             "DataError",
+            "OutputError",
             "TrainingError",
             "VesselLensError",
+            "WriteError",
         ],
         "models": [
             "Checkpoint",

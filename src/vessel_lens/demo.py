@@ -16,7 +16,6 @@ import torch
 from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.synthetic import write_synthetic_dataset
-from vessel_lens.errors import ConfigError
 from vessel_lens.interpret.erf_maps import summarise
 from vessel_lens.interpret.erf_run import ErfConfig, run_erf
 from vessel_lens.interpret.erf_store import load_receptive_field_maps
@@ -24,6 +23,7 @@ from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
 from vessel_lens.interpret.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
+from vessel_lens.outputs import claim_output, require_empty
 from vessel_lens.training.config import TrainConfig
 from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 from vessel_lens.training.trainer import train
@@ -55,18 +55,13 @@ class DemoOutputs:
 
 
 def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = True) -> DemoOutputs:
-    """Run every demo step into ``out`` (refused if ``out`` already holds a demo run)."""
+    """Run every demo step into ``out``, which must be new or empty."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
-    if (out / "run" / "config.yaml").exists():
-        raise ConfigError(f"{out}: already holds a demo run; choose another --out or delete it")
-    if out.is_dir() and any(out.iterdir()):
-        first = sorted(p.name for p in out.iterdir())[0]
-        raise ConfigError(
-            f"{out}: is not empty (holds {first!r}); the demo writes into a new or empty folder"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output(out, "demo", check=require_empty):
+        return _run_demo(out, device, seed, progress)
+
+
+def _run_demo(out: Path, device: str, seed: int, progress: bool) -> DemoOutputs:
     outputs = DemoOutputs(out)
     data = out / "data"
     if not (data / "images").exists():

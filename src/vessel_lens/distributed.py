@@ -44,7 +44,7 @@ class DistContext:
 
     def agree(self, error: Exception | None) -> None:
         """Raise rank 0's user error (or None) on every rank, so none waits at a barrier."""
-        from vessel_lens.errors import ConfigError, DataError, VesselLensError
+        from vessel_lens import errors
 
         if not self.distributed:
             if error is not None:
@@ -53,8 +53,10 @@ class DistContext:
         message = [None if error is None else (type(error).__name__, str(error))]
         dist.broadcast_object_list(message, src=0)
         if message[0] is not None:
-            kinds = {"DataError": DataError, "ConfigError": ConfigError}
-            raise kinds.get(message[0][0], VesselLensError)(message[0][1])
+            kind = getattr(errors, message[0][0], None)
+            if not (isinstance(kind, type) and issubclass(kind, errors.VesselLensError)):
+                kind = errors.VesselLensError
+            raise kind(message[0][1])
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (the same answer on every rank)."""

@@ -30,3 +30,14 @@ class TrainingError(VesselLensError):
     """Training cannot go on (for example, the loss became NaN)."""
 
     exit_code = 1
+
+
+class OutputError(ConfigError):
+    """An output folder cannot be used: it holds what the command would replace, files the
+    command did not write, or another process is writing into it."""
+
+
+class WriteError(VesselLensError):
+    """Writing an output failed (permission denied, no space left, read-only file system)."""
+
+    exit_code = 1

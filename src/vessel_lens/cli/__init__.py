@@ -1,7 +1,8 @@
 """The ``vessel-lens`` command line: a thin layer over the Python API.
 
 Each sub-module registers one group of commands. :func:`main` turns every user-input error
-into one ``error:`` line and a non-zero exit status, and Ctrl-C into exit status 130.
+into one ``error:`` line and a non-zero exit status, Ctrl-C into exit status 130 and SIGTERM
+into 143, after the command has stopped as on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,13 +41,31 @@ def build_app() -> typer.Typer:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
-    return f"warning: {message}\n"
+    from vessel_lens.outputs import OutputNote
+
+    return f"{'note' if issubclass(category, OutputNote) else 'warning'}: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status instead of raising."""
+    from vessel_lens.interrupts import sigterm_as_interrupt
+
     warnings.formatwarning = _one_line_warning
     command = typer.main.get_command(build_app())
+    with sigterm_as_interrupt() as terminated:
+        status = _run(command, argv, terminated)
+    if status == 130 and terminated:
+        return 143  # 128 + SIGTERM, as if the signal's default action had ended the process
+    return status
+
+
+def _stopped(terminated: list[int]) -> None:
+    print("terminated" if terminated else "interrupted", file=sys.stderr)
+
+
+def _run(command, argv: list[str] | None, terminated: list[int]) -> int:
+    from vessel_lens.write_errors import WRITE_REASONS
+
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         result = command.main(
@@ -56,22 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _stopped(terminated)
         return 130
+    except OSError as exc:
+        if exc.errno not in WRITE_REASONS or os.environ.get("VESSEL_LENS_DEBUG"):
+            return _internal_error(exc)
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        print(f"error: {where}{WRITE_REASONS[exc.errno]}", file=sys.stderr)
+        return 1
     except Exception as exc:
-        status = _click_exit_status(exc)
+        status = _click_exit_status(exc, terminated)
         if status is not None:
             return status
-        if os.environ.get("VESSEL_LENS_DEBUG"):
-            raise
-        print(
-            f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}); "
-            "rerun with VESSEL_LENS_DEBUG=1 for the traceback",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(exc)
     if result == 130:  # typer turns Ctrl-C inside a command into exit status 130
-        print("interrupted", file=sys.stderr)
+        _stopped(terminated)
     return result if isinstance(result, int) else 0
 
 
@@ -101,11 +119,22 @@ def expand_multiple(command, args: list[str]) -> list[str]:
     return expanded
 
 
-def _click_exit_status(exc: Exception) -> int | None:
+def _internal_error(exc: Exception) -> int:
+    if os.environ.get("VESSEL_LENS_DEBUG"):
+        raise exc
+    print(
+        f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}); "
+        "rerun with VESSEL_LENS_DEBUG=1 for the traceback",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _click_exit_status(exc: Exception, terminated: list[int]) -> int | None:
     """Exit status for click's own exceptions (typer may vendor click, so match by shape)."""
     name = type(exc).__name__
     if name == "Abort":
-        print("interrupted", file=sys.stderr)
+        _stopped(terminated)
         return 130
     if name == "Exit":
         return int(getattr(exc, "exit_code", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -100,19 +99,3 @@ def parse_pixels(
     if not pixels:
         raise ConfigError(f"{option}: no pixels given")
     return pixels
-
-
-def fresh_output_dir(path: Path, overwrite: bool, marker: str, writes: Iterable[str] = ()) -> Path:
-    """Refuse an output folder that already holds ``marker`` or any of the other names the
-    command ``writes`` (files or folders), unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: exists and is not a folder")
-    if not overwrite:
-        for name in (marker, *writes):
-            if (path / name).exists():
-                raise ConfigError(
-                    f"{path}: already holds {name}; choose another folder or pass --overwrite"
-                )
-    path.mkdir(parents=True, exist_ok=True)
-    return path

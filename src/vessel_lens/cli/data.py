@@ -19,7 +19,8 @@ def check(
         ),
     ],
     preview: Annotated[
-        Path | None, typer.Option(help="Write a PNG grid of samples and augmented crops.")
+        Path | None,
+        typer.Option(help="Write a PNG grid of samples and augmented crops to this .png file."),
     ] = None,
     crop_size: Annotated[
         int | None, typer.Option(help="Report images smaller than this training crop size.")
@@ -27,19 +28,27 @@ def check(
     keep_channels: Annotated[
         bool, typer.Option(help="Keep RGB channels instead of converting to grey.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --preview file.")] = False,
 ) -> int:
     """Validate a dataset and print a summary; exit 1 if any file has an error."""
     from vessel_lens.data.check import check_dataset
     from vessel_lens.viz.preview import preview_figure
+    from vessel_lens.write_errors import check_output_file, writing_file
 
+    if preview is not None:  # before the check, which can take a while
+        preview = check_output_file(preview, "--preview", overwrite=overwrite)
     report = check_dataset(data, crop_size=crop_size, keep_channels=keep_channels)
     for line in report.warnings:
         typer.echo(f"warning: {line}", err=True)
     for line in report.errors:
         typer.echo(f"error: {line}", err=True)
     print_table(report.summary_rows())
-    if preview is not None and report.samples:
-        preview_figure(report.samples, preview, crop_size=crop_size or 128)
+    if preview is not None:
+        if not report.samples:
+            typer.echo(f"error: --preview {preview}: no image could be read; not written", err=True)
+            return 1
+        with writing_file(preview, overwrite) as partial:
+            preview_figure(report.samples, partial, crop_size=crop_size or 128)
         typer.echo(f"preview written to {preview}")
     return 0 if report.ok else 1
 

@@ -33,12 +33,12 @@ def evaluate(
     ] = False,
 ) -> int:
     """Evaluate a checkpoint on whole images: table on stdout, JSON, CSV and PNG panels."""
-    from vessel_lens.cli._common import fresh_output_dir
     from vessel_lens.data.source import open_dataset
     from vessel_lens.data.statistics import data_statistics, distribution_warnings
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError
     from vessel_lens.models import load_model
+    from vessel_lens.outputs import claim_output
     from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
     from vessel_lens.training.inference import check_tiling
 
@@ -55,35 +55,38 @@ def evaluate(
         )
     if out is None:
         out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
-    written = ("per_image.csv", "panels") if panels else ("per_image.csv",)
-    out = fresh_output_dir(out, overwrite, "metrics.json", written)
+    written = ("metrics.json", "per_image.csv", *(("panels",) if panels else ()))
     masked = all(s.mask is not None for s in samples)
-    result = evaluate_model(
-        model,
-        samples,
-        dev,
-        out / "panels" if panels else None,
-        flip_average,
-        tile=tile,
-        overlap=overlap,
-    )
-    recorded = ckpt.metadata.get("training_data")
-    warnings = distribution_warnings(recorded, data_statistics(samples), result.predicted_fraction)
-    files = write_evaluation(
-        result,
-        out,
-        {
-            "checkpoint": str(ckpt.path),
-            "data": dataset.name,
-            "split": split,
-            "flip_average": flip_average,
-            "tile": tile,
-            "overlap": overlap,
-            "masks": masked,
-            "training_data": recorded,
-            "warnings": warnings,
-        },
-    )
+    # held, and shown to be writable, before anything is computed
+    with claim_output(out, "evaluate", replaces=written, overwrite=overwrite):
+        result = evaluate_model(
+            model,
+            samples,
+            dev,
+            out / "panels" if panels else None,
+            flip_average,
+            tile=tile,
+            overlap=overlap,
+        )
+        recorded = ckpt.metadata.get("training_data")
+        warnings = distribution_warnings(
+            recorded, data_statistics(samples), result.predicted_fraction
+        )
+        files = write_evaluation(
+            result,
+            out,
+            {
+                "checkpoint": str(ckpt.path),
+                "data": dataset.name,
+                "split": split,
+                "flip_average": flip_average,
+                "tile": tile,
+                "overlap": overlap,
+                "masks": masked,
+                "training_data": recorded,
+                "warnings": warnings,
+            },
+        )
     for line in warnings:
         typer.echo(f"warning: {line}", err=True)
     inside = " (pixels inside the field-of-view masks)" if masked else ""

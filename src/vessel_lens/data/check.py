@@ -14,7 +14,7 @@ from tqdm import tqdm
 from vessel_lens.data.index import DatasetIndex, index_dataset
 from vessel_lens.data.samples import NonBinaryMaskWarning, Sample, load_sample, read_fov_mask
 from vessel_lens.data.splits import resolve_splits
-from vessel_lens.errors import DataError
+from vessel_lens.errors import ConfigError, DataError
 
 
 @dataclass
@@ -83,6 +83,8 @@ def check_dataset(
     progress: bool = True,
 ) -> CheckReport:
     """Index and load every file of a dataset, collecting problems instead of stopping."""
+    if crop_size is not None and crop_size < 1:
+        raise ConfigError(f"--crop-size {crop_size}: must be positive")
     report = CheckReport(str(data))
     try:
         report.index = index_dataset(data)

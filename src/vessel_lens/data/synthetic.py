@@ -18,7 +18,9 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from tqdm import tqdm
 
-from vessel_lens.errors import ConfigError
+from vessel_lens.errors import ConfigError, OutputError, WriteError
+from vessel_lens.outputs import EMPTY_HINT, claim_output, require_empty
+from vessel_lens.write_errors import write_reason
 
 MIN_SIZE = 16
 """Smallest synthetic image side in pixels."""
@@ -124,24 +126,10 @@ def synthesize(size: int = 256, seed: int = 0) -> SyntheticVessels:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an ``out`` that is a file or a folder that already holds anything."""
-    if not out.exists():
-        if out.is_symlink():
-            raise ConfigError(f"{out}: is a broken link; choose another --out")
-        return
-    if not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
-    try:
-        entries = sorted(p.name for p in out.iterdir())
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot list the folder ({exc.strerror or exc})") from None
-    if "images" in entries:
-        raise ConfigError(f"{out}: already holds a dataset (images/); choose another --out")
-    if entries:
-        raise ConfigError(
-            f"{out}: already exists and is not empty (holds {entries[0]!r}); "
-            "choose a new or empty folder for --out"
-        )
+    """Refuse an ``out`` that already holds anything."""
+    if (out / "images").exists():
+        raise OutputError(f"{out}: already holds a dataset (images/); {EMPTY_HINT}")
+    require_empty(out)
 
 
 def write_synthetic_dataset(
@@ -159,18 +147,16 @@ def write_synthetic_dataset(
     if seed < 0:
         raise ConfigError(f"--seed {seed}: must be zero or positive")
     out = Path(out)
-    _check_out(out)
-    created: list[Path] = []  # folders and files this call made, in order
+    with claim_output(out, "data synth", check=_check_out):
+        return _write_samples(out, count, size, seed, progress)
+
+
+def _write_samples(out: Path, count: int, size: int, seed: int, progress: bool) -> list[str]:
+    created: list[Path] = []  # folders and files this call made, in order (claim_output: out)
     try:
-        missing = [p for p in (out, *out.parents) if not p.exists()]
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            created += reversed(missing)
-            for sub in ("images", "labels", "skeletons"):
-                (out / sub).mkdir()
-                created.append(out / sub)
-        except OSError as exc:
-            raise ConfigError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+        for sub in ("images", "labels", "skeletons"):
+            (out / sub).mkdir()
+            created.append(out / sub)
         stems = [f"synth{i:04d}" for i in range(count)]
         for i, stem in enumerate(
             tqdm(stems, desc="synthesising", unit="img", disable=not progress)
@@ -187,7 +173,9 @@ def write_synthetic_dataset(
                 try:
                     Image.fromarray(array).save(path)
                 except OSError as exc:
-                    raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
+                    if write_reason(exc) is None:
+                        raise
+                    raise WriteError(f"{path}: cannot write ({write_reason(exc)})") from None
     except BaseException:
         _remove_created(created)
         raise

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from vessel_lens.errors import ConfigError, DataError
+from vessel_lens.errors import DataError
 from vessel_lens.interpret.erf_maps import summarise
 from vessel_lens.interpret.erf_store import erf_path, publish, read_erf_metadata
 from vessel_lens.interpret.extract import _hash, crop_box, image_hash, provenance
+from vessel_lens.outputs import refused
 
 COMPARED = (
     "source",
@@ -167,17 +168,35 @@ def needs_work(config, job: Job) -> bool:
     except DataError:
         if config.overwrite:
             return True
-        raise DataError(
-            f"{job.path}: exists but is not a receptive-field file; remove it or pass --overwrite"
-        ) from None
+        raise refused(job.path, "exists but is not a receptive-field file", DataError) from None
     wanted = json.loads(json.dumps(job.attrs))
     different = [key for key in COMPARED if existing.get(key) != wanted.get(key)]
     if different and not config.overwrite:
-        raise ConfigError(
-            f"{job.path}: holds maps computed with different {', '.join(different)}; "
-            "choose another --out or pass --overwrite"
-        )
+        raise refused(job.path, f"holds maps computed with different {', '.join(different)}")
     return bool(different) or config.overwrite
+
+
+def file_run_id(path: Path) -> str | None:
+    """The id of the ``vessel-lens erf`` run that wrote a map file (None: written before ids)."""
+    run_id = read_erf_metadata(path).get("run_id")
+    return str(run_id) if run_id else None
+
+
+def check_unreplaced(expected: dict[Path, str | None]) -> None:
+    """Refuse a folder where a map file no longer holds what this run computed or accepted:
+    another run replaced it meanwhile, so the folder mixes two runs' maps."""
+    for path, run_id in expected.items():
+        if file_run_id(path) != run_id:
+            raise DataError(
+                f"{path}: was replaced by another run while this one ran (two runs wrote into "
+                "this folder at once); its maps may not match the others: rerun with --overwrite"
+            )
+
+
+def read_run_id(folder: Path) -> str | None:
+    """The run id recorded in ``folder``'s erf-run.json."""
+    run_id = json.loads((Path(folder) / "erf-run.json").read_text()).get("run_id")
+    return str(run_id) if run_id else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -191,9 +210,9 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_run_config(config, device: torch.device, world_size: int) -> None:
+def write_run_config(config, device: torch.device, world_size: int, run_id: str) -> None:
     payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    payload.update(resolved_device=str(device), world_size=world_size)
+    payload.update(resolved_device=str(device), world_size=world_size, run_id=run_id)
     config.out.mkdir(parents=True, exist_ok=True)
     _write_atomic(config.out / "erf-run.json", json.dumps(payload, indent=2))
 

@@ -7,11 +7,17 @@ The maps come from the model, or from stores written by ``vessel-lens jacobian``
 so a run resumes by skipping the images whose file exists with the same settings; a file made
 with other settings is refused unless ``overwrite`` (which also recomputes finished images).
 Under ``torchrun`` the images are shared among the processes.
+
+The folder is held for the run (:func:`vessel_lens.outputs.claim_output`). Each run draws a run
+id, recorded in ``erf-run.json`` and in every map file it writes; before summarising, a run
+checks that no map file was replaced by another run while it ran (possible only where the lock
+could not be taken), and refuses to summarise a mixed folder.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +27,11 @@ import torch
 from vessel_lens.errors import ConfigError, VesselLensError
 from vessel_lens.interpret._erf_jobs import (
     Job,
+    check_unreplaced,
+    file_run_id,
     model_jobs,
     needs_work,
+    read_run_id,
     store_jobs,
     write_run_config,
     write_summary,
@@ -147,15 +156,23 @@ def _compute(config: ErfConfig, job: Job, model, device, bar):
 
 def run_erf(config: ErfConfig) -> ErfResult:
     """Run ``vessel-lens erf`` as described by ``config`` (see the module docs)."""
-    from tqdm import tqdm
-
     from vessel_lens.devices import resolve_device
     from vessel_lens.distributed import init_distributed
+    from vessel_lens.outputs import claim_output
+
+    ctx = init_distributed(resolve_device(config.device))
+    with claim_output(config.out, "erf", group=ctx):
+        return _run(config, ctx)
+
+
+def _run(config: ErfConfig, ctx) -> ErfResult:
+    from tqdm import tqdm
+
     from vessel_lens.interpret.erf_figures import erf_figure
     from vessel_lens.interpret.erf_store import save_receptive_field_maps
     from vessel_lens.interpret.store import JacobianStore
+    from vessel_lens.outputs import remove_temporaries
 
-    ctx = init_distributed(resolve_device(config.device))
     model = None
     if config.checkpoint is not None:
         from vessel_lens.models import load_model
@@ -168,13 +185,19 @@ def run_erf(config: ErfConfig) -> ErfResult:
     error = None
     if ctx.is_main:
         try:
+            remove_temporaries(config.out)  # of a killed run: no other writer holds the folder
             for job in jobs:
                 needs_work(config, job)
-            write_run_config(config, ctx.device, ctx.world_size)  # once every file is accepted
+            # once every file is accepted; the run id is read back by every rank
+            write_run_config(config, ctx.device, ctx.world_size, uuid.uuid4().hex)
         except VesselLensError as exc:
             error = exc
     ctx.agree(error)
+    ctx.barrier()
+    run_id = read_run_id(config.out)
     pending = [job for job in jobs if needs_work(config, job)]
+    waiting = {id(job) for job in pending}
+    found = {job.path: file_run_id(job.path) for job in jobs if id(job) not in waiting}
     result.skipped = len(jobs) - len(pending)
     ctx.barrier()  # every rank has decided what is pending before any rank writes a file
     mine = ctx.shard(pending)
@@ -186,6 +209,7 @@ def run_erf(config: ErfConfig) -> ErfResult:
     for job in mine:
         bar.set_description(job.stem)
         maps = _compute(config, job, model, ctx.device, bar)
+        maps.metadata["run_id"] = run_id
         if config.figures:
             image = job.image
             if image is None:
@@ -205,6 +229,7 @@ def run_erf(config: ErfConfig) -> ErfResult:
         dist.all_reduce(counts)
         result.computed, result.pixels = (int(v) for v in counts)
     if ctx.is_main and jobs:
+        check_unreplaced({**found, **{job.path: run_id for job in pending}})
         result.summary = write_summary(result.files, config.out / "summary.csv")
     return result
 

@@ -255,14 +255,21 @@ def _answer(table, stems, metrics) -> list[dict]:
 
 def erf_stats(config: StatsConfig) -> StatsResult:
     """Run ``vessel-lens erf-stats`` (see the module docs)."""
-    from vessel_lens.cli._common import fresh_output_dir
     from vessel_lens.data.source import open_dataset
-    from vessel_lens.interpret.erf_stats_plots import plot_stats
+    from vessel_lens.outputs import claim_output
 
     files = find_receptive_field_maps(config.erf_dir)
     if not files:
         raise DataError(f"{config.erf_dir}: holds no *.erf.npz file (run vessel-lens erf first)")
     dataset = open_dataset(config.data, require_labels=True)
+    written = (MARKER, *WRITTEN)
+    with claim_output(config.out, "erf-stats", replaces=written, overwrite=config.overwrite):
+        return _tabulate_folder(config, files, dataset, config.out)
+
+
+def _tabulate_folder(config: StatsConfig, files: list[Path], dataset, out: Path) -> StatsResult:
+    from vessel_lens.interpret.erf_stats_plots import plot_stats
+
     allowed = {s.stem for s in dataset.subset(config.split)}
     parts, stems, skipped, outside = [], [], [], 0
     for path in files:
@@ -281,7 +288,6 @@ def erf_stats(config: StatsConfig) -> StatsResult:
         raise DataError(f"{config.erf_dir}: no map file belongs to split {config.split!r}")
     table = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     stem_column = np.concatenate(stems)
-    out = fresh_output_dir(config.out, config.overwrite, MARKER, WRITTEN)
     result = StatsResult(pixels=table)
     tables = tabulate(table, stem_column)
     for key, rows in tables.items():

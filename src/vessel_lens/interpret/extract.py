@@ -3,7 +3,7 @@
 One zarr store per image (:mod:`.store`), resumable block by block. Under ``torchrun`` the work
 is shared: rank 0 creates (or checks) every store and then all ranks compute blocks, whole
 images per rank when there are at least as many images as ranks, otherwise blocks of every
-image in turn.
+image in turn. The folder is held for the run (:func:`vessel_lens.outputs.claim_output`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
+from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
 
 COMPARED = (
     "model_name",
@@ -110,6 +111,8 @@ class ExtractResult:
     rows: int = 0
     seconds: float = 0.0
     is_main: bool = True
+    generations: dict[Path, int] = field(default_factory=dict)
+    """Per store, the generation its blocks were written with."""
 
 
 def _hash(payload: Any) -> str:
@@ -235,20 +238,25 @@ def _prepare_store(config: ExtractConfig, job: _Job, model, device, chunk_rows) 
             store = None
         except DataError:
             if not config.overwrite:
-                raise DataError(
-                    f"{job.path}: exists but is not a readable Jacobian store; "
-                    "remove it or pass --overwrite"
+                raise refused(
+                    job.path, "exists but is not a readable Jacobian store", DataError
                 ) from None
             store = None
         if store is not None:
             different = _differences(store.attrs, job.attrs)
             if not different and not (config.overwrite and store.complete):
+                foreign = int(store.foreign().sum())
+                if foreign:
+                    note(
+                        f"{job.path}: {foreign} blocks were written by another run than the one "
+                        "that created the store; computing them again"
+                    )
                 return store
             if not config.overwrite:
                 state = "a finished" if store.complete else "an unfinished"
-                raise ConfigError(
-                    f"{job.path}: holds {state} Jacobian computed with different "
-                    f"{', '.join(different)}; choose another --out or pass --overwrite"
+                raise refused(
+                    job.path,
+                    f"holds {state} Jacobian computed with different {', '.join(different)}",
                 )
     engine = _engine(config, model, job, device)
     return JacobianStore.create(
@@ -278,7 +286,7 @@ def _engine(config: ExtractConfig, model, job: _Job, device) -> JacobianEngine:
 def _write_run_config(config: ExtractConfig) -> None:
     payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     config.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".jacobian-run.", suffix=".json", dir=config.out)
+    fd, tmp = tempfile.mkstemp(prefix=".jacobian-run.json.", suffix=".tmp", dir=config.out)
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(tmp, config.out / "jacobian-run.json")
@@ -295,13 +303,32 @@ def _share(ctx, stores: list[JacobianStore]) -> list[tuple[JacobianStore, int]]:
 
 def extract_jacobians(config: ExtractConfig) -> ExtractResult:
     """Run the extraction described by ``config`` (see the module docs)."""
-    from tqdm import tqdm
-
     from vessel_lens.devices import resolve_device
     from vessel_lens.distributed import init_distributed
-    from vessel_lens.models import load_model
 
     ctx = init_distributed(resolve_device(config.device))
+    with claim_output(config.out, "jacobian", group=ctx):
+        result = _extract(config, ctx)
+        _check_generations(result.stores, result.generations)
+    return result
+
+
+def _check_generations(paths: list[Path], generations: dict[Path, int]) -> None:
+    """Refuse stores re-created by another run while this one wrote into them (possible only
+    where the lock could not be taken): the blocks written here are not theirs."""
+    for path in paths:
+        if path in generations and JacobianStore.open(path, "r").generation != generations[path]:
+            raise DataError(
+                f"{path}: was created again by another run while this one wrote into it; the "
+                "blocks written here are marked as another run's: rerun to compute them again"
+            )
+
+
+def _extract(config: ExtractConfig, ctx) -> ExtractResult:
+    from tqdm import tqdm
+
+    from vessel_lens.models import load_model
+
     model, checkpoint = load_model(config.checkpoint, ctx.device)
     in_channels = int(checkpoint.model_kwargs.get("in_channels", 1))
     jobs = _jobs(config, checkpoint, in_channels)
@@ -309,6 +336,7 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
     error = None
     if ctx.is_main:
         try:
+            remove_temporaries(config.out)  # of a killed run: no other writer holds the folder
             for job in jobs:
                 _prepare_store(config, job, model, ctx.device, config.chunk_rows)
             _write_run_config(config)  # only once every store was accepted
@@ -316,6 +344,7 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
             error = exc
     ctx.agree(error)
     stores = [JacobianStore.open(job.path) for job in jobs]
+    result.generations = {s.path: s.generation for s in stores}
     result.skipped = sum(int(s.done().sum()) for s in stores)
     work = _share(ctx, stores)
     ctx.barrier()  # every rank has read the done flags before any rank writes a block

@@ -5,8 +5,9 @@ Layout of ``<stem>.zarr``::
     jacobian      (N, C, H, W)  float32 | float16 | uint8, one zarr chunk per block of rows
     chunk_min     (chunks,)     float32, uint8 stores only: the block's minimum ...
     chunk_max     (chunks,)     ... and maximum; a value is min + q * (max - min) / 255
-    done          (chunks,)     uint8, 1 once the block (and its scale) is written; created
-                                last, so a store without it was never finished being set up
+    done          (chunks,)     int64, the store's generation once the block (and its scale)
+                                is written, 0 before; created last, so a store without it was
+                                never finished being set up
     pixels        (N,)          int64 flat output-pixel index of each row
     probability   (H, W)        float32 probability of the target class (sigmoid: one channel)
     image         (C, H, W)     float32 the input the rows are taken with respect to
@@ -17,10 +18,17 @@ zarr writes every chunk file atomically (a temporary file renamed into place) an
 has one element per zarr chunk, so a block counts as finished only after its data and scale
 are on disk: a run killed mid-block leaves that block's flag absent (read as 0) and the block
 is recomputed. Metadata is written once, at creation.
+
+Each creation draws a random ``generation``, kept in the attributes and written as the ``done``
+flag of every block. A writer that opened the store before another run re-created it (with
+``--overwrite``) marks its blocks with the old generation, so they are told apart: they count as
+not done (a rerun computes them again) and :func:`load_jacobian` refuses the store. Stores from
+before generations (``done`` of uint8 ones) are read as before.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +60,8 @@ class JacobianStore:
         self.chunk_rows = int(self.attrs["chunk_rows"])
         self.dtype = str(self.attrs["dtype"])
         self.chunks = -(-self.rows // self.chunk_rows)
+        self.generation = int(self.attrs.get("generation", 0))
+        """Random id of this creation of the store (0: a store from before generations)."""
 
     @classmethod
     def create(
@@ -84,6 +94,7 @@ class JacobianStore:
         chunks = max(1, -(-rows // chunk_rows))
         full = {
             **attrs,
+            "generation": secrets.randbelow(2**62) + 1,
             "format": FORMAT,
             "rows": rows,
             "chunk_rows": int(chunk_rows),
@@ -107,7 +118,7 @@ class JacobianStore:
             array = value.detach().cpu().numpy()
             stored = group.create_array(name, shape=array.shape, dtype=array.dtype, fill_value=0)
             stored[...] = array
-        group.create_array("done", shape=(chunks,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.create_array("done", shape=(chunks,), chunks=(1,), dtype="int64", fill_value=0)
         return cls(path, group)
 
     @classmethod
@@ -135,9 +146,21 @@ class JacobianStore:
         start = chunk * self.chunk_rows
         return start, min(self.rows, start + self.chunk_rows)
 
+    def _flags(self) -> np.ndarray:
+        return np.asarray(self.group["done"][:]).astype(np.int64)
+
     def done(self) -> np.ndarray:
-        """Per block: finished (bool array of length ``chunks``)."""
-        return np.asarray(self.group["done"][:], dtype=bool)
+        """Per block: finished by a writer of this generation (bool array of ``chunks``)."""
+        flags = self._flags()
+        return flags == self.generation if self.generation else flags != 0
+
+    def foreign(self) -> np.ndarray:
+        """Per block: written by a writer of another generation of the store (see the module
+        docs): its rows are not this store's."""
+        flags = self._flags()
+        if not self.generation:
+            return np.zeros(len(flags), dtype=bool)
+        return (flags != 0) & (flags != self.generation)
 
     @property
     def complete(self) -> bool:
@@ -160,7 +183,7 @@ class JacobianStore:
         else:
             data = values.numpy().astype(self.dtype)
         self.group["jacobian"][start:stop] = data
-        self.group["done"][chunk] = 1
+        self.group["done"][chunk] = self.generation or 1
 
 
 def _uint8_scale(low: float, high: float) -> tuple[float, float, float]:
@@ -252,6 +275,13 @@ def load_jacobian(
     relative to the largest |value|, else ``None``.
     """
     store = JacobianStore.open(path, mode="r")
+    foreign = store.foreign()
+    if foreign.any():
+        raise DataError(
+            f"{store.path}: {int(foreign.sum())} of {len(foreign)} blocks were written by another "
+            "run than the one that created the store (two runs wrote into it at once); rerun the "
+            "command that wrote it to compute them again"
+        )
     done = store.done()
     if not done.all() and not allow_incomplete:
         raise DataError(

@@ -176,15 +176,42 @@ def _umask() -> int:
     return mask
 
 
+class _KeepingWriteErrors:
+    """A file handle for ``torch.save`` that keeps the ``OSError`` of a failed write: torch
+    reports it only as ``RuntimeError: ... unexpected pos``, without the reason (disk full)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Save to a temporary file beside ``path`` and rename it over ``path``."""
+    """Save to a temporary file beside ``path`` and rename it over ``path``. A failed write
+    raises its ``OSError`` (``errno`` ENOSPC, ...) with ``filename`` set to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            writer = _KeepingWriteErrors(handle)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                error = writer.error
+                raise OSError(error.errno, error.strerror, str(path)) from None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

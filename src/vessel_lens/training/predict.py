@@ -11,8 +11,10 @@ from torch import nn
 from tqdm import tqdm
 
 from vessel_lens.data.io import IMAGE_SUFFIXES, is_image_file, read_image
-from vessel_lens.errors import ConfigError, DataError
+from vessel_lens.errors import ConfigError, DataError, WriteError
+from vessel_lens.outputs import claim_output, refused
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
+from vessel_lens.write_errors import write_reason
 
 
 def list_images(source: Path) -> list[Path]:
@@ -76,16 +78,20 @@ def predict_folder(
                     f"{target}: is one of the input images and would be overwritten; "
                     "choose another --out"
                 )
-    if not overwrite:
+
+    def refuse_existing(folder: Path) -> None:
         existing = [p for pair in targets for p in pair if p.exists()]
-        if existing:
-            raise ConfigError(f"{existing[0]}: already exists; pass --overwrite to replace")
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
-    created: list[Path] = list(reversed(missing))  # what a failed run removes again
+        if existing and not overwrite:
+            raise refused(existing[0], "already exists")
+
+    with claim_output(out, "predict", check=refuse_existing):
+        return _predict(
+            model, files, targets, in_channels, device, threshold, progress, tile, overlap
+        )
+
+
+def _predict(model, files, targets, in_channels, device, threshold, progress, tile, overlap):
+    created: list[Path] = []  # what a failed run removes again (claim_output: the folder)
     written = []
     model.eval()
     try:
@@ -114,7 +120,10 @@ def predict_folder(
                 try:
                     Image.fromarray(array).save(target)
                 except OSError as exc:
-                    raise ConfigError(f"{target}: cannot write ({exc.strerror or exc})") from None
+                    reason = write_reason(exc)
+                    if reason is None:
+                        raise
+                    raise WriteError(f"{target}: cannot write ({reason})") from None
                 written.append(target)
     except BaseException:
         _remove_created(created)

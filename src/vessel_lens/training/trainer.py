@@ -8,6 +8,10 @@ training state after the last finished epoch), ``best.pt`` (best validation Dice
 Resuming restores model, optimiser, scheduler, RNG states, epoch and history from
 ``last.pt``; crops are drawn from generators seeded by (seed, epoch, item), so a resumed
 run continues exactly as an uninterrupted one would (bit-exact on CPU).
+
+The folder is held with :func:`vessel_lens.outputs.claim_output` for the whole run. A run id,
+recorded in ``config.yaml`` and in every checkpoint, lets ``resume`` refuse a folder whose files
+come from two runs (two processes writing into it at once where it could not be locked).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import io
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +44,28 @@ from vessel_lens.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    OutputError,
     TrainingError,
-    VesselLensError,
+    WriteError,
 )
+from vessel_lens.interrupts import Terminated, interrupts_deferred, sigterm_as_interrupt
 from vessel_lens.models.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
 from vessel_lens.models.heads import predicted_vessel
 from vessel_lens.models.registry import create_model
+from vessel_lens.outputs import (
+    OVERWRITE_HINT,
+    claim_output,
+    holds,
+    note,
+    other_entries,
+    remove_temporaries,
+)
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
 from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
 from vessel_lens.training.schedule import make_scheduler
 from vessel_lens.viz.curves import learning_curves
+from vessel_lens.write_errors import write_reason
 
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 
@@ -104,9 +120,11 @@ class Trainer:
         ctx: DistContext,
         progress: bool = True,
         resuming: Checkpoint | None = None,
+        run_id: str | None = None,
     ):
         self.config = config
         self.out = Path(out)
+        self.run_id = run_id
         self.ctx = ctx
         self.progress = progress and ctx.is_main
         dataset = open_dataset(
@@ -208,6 +226,7 @@ class Trainer:
             "splits": self.dataset.splits if self.dataset.split_source != "dataset" else {},
             "train_seconds": round(self.elapsed, 1),
             "torch": str(torch.__version__),
+            **({"run_id": self.run_id} if self.run_id else {}),
         }
 
     def _save(self, name: str, with_state: bool, metrics: dict | None = None) -> None:
@@ -215,21 +234,23 @@ class Trainer:
             return
         path = self.out / name
         try:
-            save_checkpoint(
-                path,
-                self.model,
-                self.config.model,
-                self.model_kwargs,
-                metadata=self._metadata(metrics),
-                training=self.training_state() if with_state else None,
-            )
+            with interrupts_deferred():  # Ctrl-C or SIGTERM: after the save, not during it
+                save_checkpoint(
+                    path,
+                    self.model,
+                    self.config.model,
+                    self.model_kwargs,
+                    metadata=self._metadata(metrics),
+                    training=self.training_state() if with_state else None,
+                )
             if with_state:
                 self.saved_epoch = self.epoch
         except OSError as exc:
-            raise TrainingError(
-                f"{path}: cannot save checkpoint ({exc.strerror or exc}); the previous "
-                f"{name} is intact"
-            ) from None
+            reason = write_reason(exc)
+            if reason is None:
+                raise
+            kept = f"; the previous {name} is intact" if path.exists() else ""
+            raise WriteError(f"{path}: cannot write ({reason}){kept}") from None
 
     # ------------------------------------------------------------ one epoch
     def _epoch_batches(self) -> list[list[int]]:
@@ -319,12 +340,14 @@ class Trainer:
 
     # ------------------------------------------------------------- the run
     def run(self) -> TrainSummary:
-        """Train until the configured end; torch's thread count is restored afterwards."""
+        """Train until the configured end; torch's thread count is restored afterwards.
+        SIGTERM stops the run as Ctrl-C does (see :mod:`vessel_lens.interrupts`)."""
         previous_threads = torch.get_num_threads()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         try:
-            return self._run()
+            with sigterm_as_interrupt():
+                return self._run()
         finally:
             torch.set_num_threads(previous_threads)
 
@@ -391,15 +414,23 @@ class Trainer:
                     learning_curves(self.history, self.out / "curves.png")
                 if stop:
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             bar.close()
             if self.ctx.is_main:
+                how = "terminated" if isinstance(exc, Terminated) else "interrupted"
                 print(
-                    f"interrupted: {self.out / 'last.pt'} holds epoch {self.saved_epoch}; continue "
-                    f"with: vessel-lens train --resume {self.out}"
+                    f"{how}: {self.out / 'last.pt'} holds epoch {self.saved_epoch}; continue "
+                    f"with: vessel-lens train --resume {self.out}",
+                    flush=True,
                 )
             raise
         bar.close()
+        recorded = _recorded_run_id(self.out / "config.yaml") if self.ctx.is_main else None
+        if self.run_id and recorded not in (None, self.run_id):
+            raise TrainingError(
+                f"{self.out}: config.yaml was replaced by another run while this one trained; "
+                "the folder mixes two runs' files: start it again with --overwrite"
+            )
         return TrainSummary(
             self.out, self.epoch, self.best_epoch, self.best_dice, stop_reason, self.elapsed
         )
@@ -421,28 +452,39 @@ def _check_same_split(dataset, checkpoint: Checkpoint) -> None:
             )
 
 
+CHECKPOINTS = ("last.pt", "best.pt")
+
+
 def _check_run_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds a run, or files a run would replace, unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    if overwrite:
-        return
-    if any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt")):
-        raise ConfigError(
-            f"{out}: already holds a run; use --resume {out} to continue it, or --overwrite "
+    """Refuse a folder that holds a run or files a run would replace, unless ``overwrite``,
+    and one that holds anything else unless it is a run (runs hold what users add to them)."""
+    is_run = (out / "config.yaml").is_file()
+    if is_run and not overwrite and any((out / name).exists() for name in CHECKPOINTS):
+        raise OutputError(
+            f"{out}: already holds a run; continue it with --resume {out}, or pass --overwrite "
             "to replace it"
         )
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if present:
-        raise ConfigError(
-            f"{out}: holds {present[0]}, which a run would replace; choose another --out or "
-            "pass --overwrite"
-        )
+    if not is_run:
+        others = other_entries(out, RUN_FILES)
+        if others:
+            raise OutputError(
+                f"{out}: is not empty and holds no run (holds {others[0]!r}); choose a new or "
+                "empty folder for --out"
+            )
+        present = [name for name in RUN_FILES if holds(out / name)]
+        if present and not overwrite:
+            raise OutputError(f"{out}: already holds {present[0]}; {OVERWRITE_HINT}")
 
 
-def _clear_run_folder(out: Path, overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
+def _stopped_before_first_save(out: Path) -> bool:
+    """A run folder with its config.yaml but no checkpoint: killed before its first save."""
+    return (out / "config.yaml").is_file() and not any((out / n).exists() for n in CHECKPOINTS)
+
+
+def _clear_run_folder(out: Path, replace: bool) -> None:
+    """Remove the temporaries of a killed run, and with ``replace`` the files of a run."""
+    remove_temporaries(out)
+    if replace:
         for name in RUN_FILES:
             path = out / name
             if path.is_dir():
@@ -452,57 +494,108 @@ def _clear_run_folder(out: Path, overwrite: bool) -> None:
                 path.unlink(missing_ok=True)
 
 
-def train(
-    config: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True
-) -> TrainSummary:
-    """Start a new run in ``out`` (refused if ``out`` holds a run, unless ``overwrite``)."""
-    out = Path(out)
-    ctx = init_distributed(resolve_device(config.device))
-    error = None
+def _start(config: TrainConfig, out: Path, ctx: DistContext, progress: bool, replace: bool):
+    """Open the data, write config.yaml under a new run id, and train (``out`` is held)."""
+    trainer = Trainer(config, out, ctx, progress, run_id=uuid.uuid4().hex)  # bad input fails here
     if ctx.is_main:
-        try:
-            _check_run_folder(out, overwrite)
-        except VesselLensError as exc:
-            error = exc
-    ctx.agree(error)  # the same one-line error on every process
-    trainer = Trainer(config, out, ctx, progress)  # opens the data: bad input fails here
-    if ctx.is_main:
-        _clear_run_folder(out, overwrite)
+        _clear_run_folder(out, replace)
     ctx.barrier()
     if ctx.is_main:
-        write_config(
-            trainer.config,
-            out / "config.yaml",
-            {"world_size": ctx.world_size, "device": str(ctx.device)},
-        )
+        _write_run_config(trainer)
         if trainer.dataset.split_source == "seeded":
             write_splits(trainer.dataset.splits, out / "splits")
     return trainer.run()
 
 
+def _write_run_config(trainer: Trainer) -> None:
+    write_config(
+        trainer.config,
+        trainer.out / "config.yaml",
+        {
+            "world_size": trainer.ctx.world_size,
+            "device": str(trainer.ctx.device),
+            "run_id": trainer.run_id,
+        },
+    )
+
+
+def train(
+    config: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> TrainSummary:
+    """Start a new run in ``out`` (refused if ``out`` holds a run, unless ``overwrite``, or
+    files that are not a run's). A folder left by a run killed before its first checkpoint
+    is started again, with a note."""
+    out = Path(out)
+    ctx = init_distributed(resolve_device(config.device))
+    with claim_output(out, "train", check=lambda o: _check_run_folder(o, overwrite), group=ctx):
+        stuck = ctx.is_main and _stopped_before_first_save(out)
+        if stuck:
+            note(f"{out}: holds a run stopped before its first checkpoint; starting again")
+        return _start(config, out, ctx, progress, replace=overwrite or stuck)
+
+
+def _recorded_run_id(path: Path) -> str | None:
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    resolved = values.get("resolved_by") if isinstance(values, dict) else None
+    run_id = resolved.get("run_id") if isinstance(resolved, dict) else None
+    return str(run_id) if run_id else None
+
+
+def _check_one_run(out: Path, run_id: str | None, last: Checkpoint) -> None:
+    """Refuse a folder whose config.yaml and checkpoints come from different runs."""
+    if run_id is None:  # written before run ids
+        return
+    checkpoints = {"last.pt": last}
+    if (out / "best.pt").is_file():
+        checkpoints["best.pt"] = read_checkpoint(out / "best.pt")
+    for name, checkpoint in checkpoints.items():
+        recorded = checkpoint.metadata.get("run_id")
+        if recorded is not None and recorded != run_id:
+            raise CheckpointError(
+                f"{out}: {name} belongs to another run (id {str(recorded)[:8]}) than config.yaml "
+                f"(id {run_id[:8]}); the folder mixes two runs' files (two processes wrote into "
+                "it at once, or a file was copied in): start it again with --overwrite"
+            )
+
+
 def resume(out: str | Path, progress: bool = True, epochs: int | None = None) -> TrainSummary:
-    """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``)."""
+    """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``). A run
+    killed before its first checkpoint is started again from its config.yaml, with a note."""
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise ConfigError(f"{out}: no config.yaml; not a vessel-lens run folder")
-    if not (out / "last.pt").is_file():
-        raise CheckpointError(f"{out / 'last.pt'}: not found; nothing to resume")
     values = read_config(out / "config.yaml")
     if epochs is not None:
         values["epochs"] = epochs
     config = TrainConfig.from_dict(values, str(out / "config.yaml"))
     ctx = init_distributed(resolve_device(config.device))
-    trainer = Trainer(config, out, ctx, progress, resuming=read_checkpoint(out / "last.pt"))
-    trainer.load_training_state(out / "last.pt")
-    if epochs is not None and epochs < trainer.epoch:
-        raise ConfigError(
-            f"--epochs {epochs}: {out} has already trained {trainer.epoch} epochs; give at "
-            f"least {trainer.epoch}"
-        )
-    if ctx.is_main:  # the epochs and the number of processes of this continuation
-        write_config(
-            trainer.config,
-            out / "config.yaml",
-            {"world_size": ctx.world_size, "device": str(ctx.device)},
-        )
-    return trainer.run()
+    with claim_output(out, "train --resume", group=ctx):
+        # decided by rank 0 for all: the others could look after it has written a checkpoint
+        if ctx.any(ctx.is_main and _stopped_before_first_save(out)):
+            if ctx.is_main:
+                note(f"{out}: the run stopped before its first checkpoint; starting it again")
+            return _start(config, out, ctx, progress, replace=True)
+        if not (out / "last.pt").is_file():
+            raise CheckpointError(f"{out / 'last.pt'}: not found; nothing to resume")
+        if ctx.is_main:
+            remove_temporaries(out)
+        run_id = _recorded_run_id(out / "config.yaml")
+        last = read_checkpoint(out / "last.pt")
+        _check_one_run(out, run_id, last)
+        trainer = Trainer(config, out, ctx, progress, resuming=last, run_id=run_id)
+        trainer.load_training_state(out / "last.pt")
+        if epochs is not None and epochs < trainer.epoch:
+            raise ConfigError(
+                f"--epochs {epochs}: {out} has already trained {trainer.epoch} epochs; give at "
+                f"least {trainer.epoch}"
+            )
+        if trainer.run_id is None:  # a run from before run ids gets one from here on
+            trainer.run_id = uuid.uuid4().hex
+        if ctx.is_main:  # the epochs and the number of processes of this continuation
+            _write_run_config(trainer)
+        return trainer.run()

@@ -41,6 +41,7 @@ from vessel_lens.interpret.attribution import METHODS, attribute
 from vessel_lens.interpret.jacobian import jacobian
 from vessel_lens.interpret.targets import pixel_target
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
+from vessel_lens.outputs import claim_output, refuse_replacing
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
@@ -267,21 +268,15 @@ def _image_part(
     return _ImageResult(sample, pixels, all_maps, "".join(parts), attribution_html, [panel, grid])
 
 
+REPORT_WRITES = (REPORT_FILE, "figures", "tables")
+"""What a report writes into its folder (refused there unless ``overwrite``)."""
+
+
 def check_output(out: Path, overwrite: bool) -> Path:
     """Refuse a folder that already holds a report, or figures/ or tables/ a report would
     write into, unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    if overwrite:
-        return out
-    for name in (REPORT_FILE, "figures", "tables"):
-        path = out / name
-        if path.exists() and (path.is_file() or any(path.iterdir())):
-            raise ConfigError(
-                f"{out}: already holds {name}; choose another folder or pass --overwrite"
-            )
-    return out
+    refuse_replacing(Path(out), REPORT_WRITES, overwrite)
+    return Path(out)
 
 
 def _deletion_maps(model: nn.Module, result: _ImageResult, options: ReportOptions) -> dict:
@@ -318,13 +313,22 @@ def write_report(
     ``description`` (checkpoint, data, split, ...) heads the page; ``run_dir`` is a training
     run folder (``run_note`` says why there is none); ``erf_dir`` a receptive-field folder.
     """
-    started = time.perf_counter()
     options = options or ReportOptions()
     out = check_output(out, overwrite)
     if erf_dir is not None and not Path(erf_dir).is_dir():
         raise ConfigError(f"--erf {erf_dir}: not a folder")
     if not samples:
         raise ConfigError("report: no image to show")
+    with claim_output(out, "report", replaces=REPORT_WRITES, overwrite=overwrite):
+        return _write_report(
+            model, samples, out, options, description, run_dir, run_note, erf_dir, device, progress
+        )
+
+
+def _write_report(
+    model, samples, out, options, description, run_dir, run_note, erf_dir, device, progress
+) -> ReportOutputs:
+    started = time.perf_counter()
     figures, tables = out / "figures", out / "tables"
     figures.mkdir(parents=True, exist_ok=True)
     device = (

@@ -1,0 +1,205 @@
+"""Write failures are one line naming the path and the reason, found before computing.
+
+The failures are real: a read-only tmpfs mount, a folder of mode 500 written by a process
+without CAP_DAC_OVERRIDE (root ignores mode bits otherwise), and a small tmpfs filled up so
+that torch, zarr, numpy and matplotlib meet a real ENOSPC. Mounting needs root (or
+CAP_SYS_ADMIN); where it is not allowed these tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vessel_lens.cli import main
+from vessel_lens.models import create_model, save_checkpoint
+
+PAGE = 4096
+
+
+def mount_tmpfs(folder: Path, options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'})")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems under ``tmp_path``: ``tmpfs(name, options)``."""
+    mounted: list[Path] = []
+
+    def make(name: str, options: str) -> Path:
+        folder = tmp_path / name
+        mount_tmpfs(folder, options)
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path, leave_pages: int) -> None:
+    """Fill ``folder``'s file system up to ``leave_pages`` free pages."""
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    with open(folder / "filler", "wb") as handle:
+        handle.write(b"\0" * (free - leave_pages * PAGE))
+
+
+@pytest.fixture
+def inputs(tmp_path, make_dataset):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
+    data = make_dataset(
+        count=3, size=(40, 40), splits={"train": ["s00"], "val": ["s01"], "test": ["s02"]}
+    )
+    return checkpoint, data
+
+
+def command(name: str, checkpoint: Path, data: Path, out: Path, workdir: Path) -> list[str]:
+    model = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]
+    if name == "erf-stats" and not (workdir / "maps").exists():
+        assert main(["erf", *model, "--crop", "16", "--out", str(workdir / "maps"),
+                     "--no-progress"]) == 0  # fmt: skip
+    return {
+        "train": ["train", "--out", str(out), "--data", str(data), "--width", "4", "--epochs",
+                  "1", "--crop-size", "16", "--device", "cpu", "--no-progress"],
+        "evaluate": ["evaluate", *model, "--out", str(out)],
+        "predict": ["predict", "--checkpoint", str(checkpoint), "--images",
+                    str(data / "images"), "--out", str(out)],
+        "jacobian": ["jacobian", *model, "--crop", "32", "--out", str(out), "--no-progress"],
+        "erf": ["erf", *model, "--crop", "32", "--out", str(out), "--no-progress"],
+        "erf-stats": ["erf-stats", str(workdir / "maps"), "--data", str(data), "--out",
+                      str(out)],
+        "report": ["report", *model, "--crop", "16", "--max-images", "1", "--sanity-images",
+                   "0", "--out", str(out), "--no-progress"],
+        "data synth": ["data", "synth", "--out", str(out), "--count", "2", "--size", "32"],
+        "demo": ["demo", "--out", str(out), "--device", "cpu", "--no-progress"],
+        "data check --preview": ["data", "check", "--data", str(data), "--preview",
+                                 str(out / "preview.png")],
+    }[name]  # fmt: skip
+
+
+COMMANDS = ["train", "evaluate", "predict", "jacobian", "erf", "erf-stats", "report",
+            "data synth", "demo", "data check --preview"]  # fmt: skip
+
+
+def one_error_line(err: str) -> str:
+    """The one ``error:`` line (progress bars aside) of a failed command."""
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_read_only_folder_is_one_line_before_computing(name, inputs, tmpfs, tmp_path, capsys):
+    readonly = tmpfs("readonly", "size=1m,ro")
+    for out in (readonly, readonly / "new"):  # existing, and to be created
+        if name == "data check --preview" and out == readonly / "new":
+            continue  # a missing folder for --preview is an option error (test_data_check)
+        args = command(name, *inputs, out, tmp_path)
+        capsys.readouterr()
+        assert main(args) == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert str(out) in line and "(read-only file system)" in line
+
+
+def test_evaluate_checks_the_folder_before_computing(inputs, tmpfs, tmp_path, monkeypatch, capsys):
+    import vessel_lens.training.evaluate as evaluate_module
+
+    def computing(*args, **kwargs):
+        raise AssertionError("evaluate computed before checking its output folder")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_model", computing)
+    readonly = tmpfs("readonly", "size=1m,ro")  # exists, so creating it succeeds
+    assert main(command("evaluate", *inputs, readonly, tmp_path)) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {readonly}: cannot write (read-only file system)"
+
+
+PERMISSION_SCRIPT = """
+import contextlib, io, json, sys
+from vessel_lens.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _without_dac_override() -> None:
+    """In the child before exec: drop the capabilities that let root ignore mode bits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for cap in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            os._exit(97)
+
+
+def test_folder_of_mode_500_is_permission_denied(inputs, tmp_path):
+    """Every command, in one child process that mode bits apply to (as root: without
+    CAP_DAC_OVERRIDE, which is what lets root write anywhere)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    locked.chmod(0o500)
+    runs = [command(name, *inputs, locked, tmp_path) for name in COMMANDS]
+    preexec = _without_dac_override if os.geteuid() == 0 else None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", PERMISSION_SCRIPT, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=preexec,
+        timeout=600,
+    )
+    if result.returncode == 97:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here, and root ignores mode bits")
+    assert result.returncode == 0, result.stderr
+    for name, (code, err) in zip(COMMANDS, json.loads(result.stdout), strict=True):
+        line = one_error_line(err)
+        assert code == 1, (name, err)
+        assert line.startswith(f"error: {locked}") and line.endswith("(permission denied)"), name
+    assert list(locked.iterdir()) == []
+
+
+def test_full_disk_during_a_checkpoint_save_names_the_file(inputs, tmpfs, tmp_path, capsys):
+    """torch reports a full disk as ``RuntimeError: ... unexpected pos``; the user gets the
+    path and the reason."""
+    disk = tmpfs("disk", "size=1m")
+    fill(disk, leave_pages=3)  # the lock record and config.yaml fit, the checkpoint does not
+    out = disk / "run"
+    assert main(command("train", *inputs, out, tmp_path)) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {out / 'last.pt'}: cannot write (no space left on device)"
+    assert not list(out.glob(".*.tmp")) and not (out / ".vessel-lens.lock").exists()
+
+
+@pytest.mark.parametrize("name", ["jacobian", "erf", "evaluate", "report"])
+def test_full_disk_while_writing_results_is_one_line(name, inputs, tmpfs, tmp_path, capsys):
+    disk = tmpfs("disk", "size=1m")
+    fill(disk, leave_pages=3)
+    out = disk / "out"
+    assert main(command(name, *inputs, out, tmp_path)) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out}") and line.endswith("(no space left on device)")
+    assert not (out / ".vessel-lens.lock").exists()
