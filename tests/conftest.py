@@ -13,8 +13,12 @@ import tifffile
 import torch
 from PIL import Image
 
-VESSMAP = Path(__file__).resolve().parents[1].parent / "shared/data/vessmap"
-"""The real VessMAP copy, ``../shared/data/vessmap`` relative to the repository root."""
+VESSMAP = Path(
+    os.environ.get("VESSEL_LENS_VESSMAP")
+    or Path(__file__).resolve().parents[1].parent / "shared/data/vessmap"
+)
+"""The real VessMAP copy, ``../shared/data/vessmap`` relative to the repository root, or
+``$VESSEL_LENS_VESSMAP`` (e.g. for a git worktree elsewhere)."""
 
 
 @pytest.fixture(scope="session", autouse=True)
