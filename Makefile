@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/vessel-lens demo --out demo_out
+	$(BIN)/vessel-lens demo --out demo_out --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

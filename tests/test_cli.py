@@ -208,3 +208,27 @@ def test_multi_value_options_take_several_values_after_one_flag(argv, expected):
     from vessel_lens.cli import build_app, expand_multiple
 
     assert expand_multiple(typer.main.get_command(build_app()), argv) == expected
+
+
+def test_demo_replaces_only_its_own_earlier_output(capsys, tmp_path, monkeypatch):
+    """``make demo`` twice works (--overwrite replaces an earlier demo), and nothing that the
+    demo did not write is ever removed."""
+    import vessel_lens.demo as demo
+
+    def fake_steps(out, device, seed, progress):
+        (out / "run").mkdir()
+        return demo.DemoOutputs(out)
+
+    monkeypatch.setattr(demo, "_run_demo", fake_steps)
+    out = tmp_path / "demo_out"
+    argv = ["demo", "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0 and (out / demo.MARKER).is_file()
+    (out / "run" / "old.pt").write_text("earlier demo")
+    assert main(argv) == 2
+    assert "holds an earlier demo; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "run").is_dir() and not (out / "run" / "old.pt").exists()
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv, "--overwrite"]) == 2
+    assert "'notes.txt', which is not the demo's" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "run").is_dir()

@@ -8,6 +8,9 @@ to receptive-field maps (no recomputation); write the HTML report.
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch
 from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.synthetic import write_synthetic_dataset
+from vessel_lens.errors import OutputError
 from vessel_lens.interpret.erf_maps import summarise
 from vessel_lens.interpret.erf_run import ErfConfig, run_erf
 from vessel_lens.interpret.erf_store import load_receptive_field_maps
@@ -23,7 +27,7 @@ from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
 from vessel_lens.interpret.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
-from vessel_lens.outputs import claim_output, require_empty
+from vessel_lens.outputs import claim_output, other_entries, require_empty
 from vessel_lens.training.config import TrainConfig
 from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 from vessel_lens.training.trainer import train
@@ -54,11 +58,61 @@ class DemoOutputs:
     lines: list[str] = field(default_factory=list)
 
 
-def run_demo(out: Path, device: str = "cpu", seed: int = 0, progress: bool = True) -> DemoOutputs:
-    """Run every demo step into ``out``, which must be new or empty."""
+MARKER = "demo.json"
+"""Written first into a demo's folder: what makes the folder the demo's own to replace."""
+DEMO_ENTRIES = (
+    MARKER,
+    "data",
+    "data_preview.png",
+    "run",
+    "evaluation",
+    "jacobian",
+    "erf",
+    "report",
+)
+"""Everything a demo writes at the top of its folder."""
+
+
+def run_demo(
+    out: Path,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> DemoOutputs:
+    """Run every demo step into ``out``, which must be new or empty, or (with ``overwrite``)
+    hold an earlier demo and nothing else; that earlier demo is replaced."""
     out = Path(out)
-    with claim_output(out, "demo", check=require_empty):
+    with claim_output(out, "demo", check=lambda folder: _replace_earlier_demo(folder, overwrite)):
+        (out / MARKER).write_text(
+            json.dumps({"written_by": "vessel-lens demo", "started": time.time(), "seed": seed})
+        )
         return _run_demo(out, device, seed, progress)
+
+
+def _replace_earlier_demo(folder: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds anything but an earlier demo; remove an earlier demo only
+    with ``overwrite`` (a folder holding a file the demo never writes is never touched)."""
+    if not (folder / MARKER).is_file():
+        require_empty(folder)
+        return
+    others = other_entries(folder, DEMO_ENTRIES)
+    if others:
+        raise OutputError(
+            f"{folder}: holds an earlier demo and {others[0]!r}, which is not the demo's; "
+            "choose a new or empty folder for --out"
+        )
+    if not overwrite:
+        raise OutputError(
+            f"{folder}: holds an earlier demo; pass --overwrite to replace it (make demo does) "
+            "or choose another --out"
+        )
+    for name in DEMO_ENTRIES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _run_demo(out: Path, device: str, seed: int, progress: bool) -> DemoOutputs:

@@ -13,12 +13,18 @@ def demo(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an earlier demo in --out (only a folder holding nothing else)."),
+    ] = False,
 ) -> int:
     """Run the demo on synthetic vessels and print where its outputs are."""
     from vessel_lens.demo import run_demo
     from vessel_lens.devices import resolve_device
 
-    outputs = run_demo(out, device=str(resolve_device(device)), seed=seed, progress=progress)
+    outputs = run_demo(
+        out, device=str(resolve_device(device)), seed=seed, progress=progress, overwrite=overwrite
+    )
     for line in outputs.lines:
         typer.echo(line)
     typer.echo(f"demo outputs in {outputs.folder}:")
