@@ -171,7 +171,10 @@ def attribution_grid(
         for index, method in enumerate(methods):
             ax = axes[r * lines + index // per_line, 1 + index % per_line]
             panel = values[r][method]
-            artist = show_signed(ax, panel, limit) if shared_scale else show_map(ax, panel)
+            if is_zero(panel) or shared_scale:  # a zero map is drawn blank (centre colour)
+                artist = show_signed(ax, panel, limit)
+            else:
+                artist = show_map(ax, panel)
             outline(ax, mask, "black")
             zoom_to(ax, mask, zoom)
             ax.set_title(method.replace("_", " "), fontsize=8)
