@@ -188,7 +188,7 @@ def _number(text: str) -> Any:
 
 def erf_section(erf_dir: Path | None) -> str:
     """Every ``*.png`` of the folder and its sub-folders (the ``erf`` maps and the
-    ``erf-stats`` plots) and its ``summary*.csv`` / ``stats*.csv`` tables, folder by folder."""
+    ``erf-stats`` plots), then its ``summary*.csv`` / ``stats*.csv`` tables, folder by folder."""
     if erf_dir is None:
         return hp.paragraph(
             "No receptive-field folder given (--erf DIR, the output of the receptive-field "
@@ -208,10 +208,10 @@ def erf_section(erf_dir: Path | None) -> str:
     for folder in sorted({p.parent for p in images | tables}):
         if folder != erf_dir:
             parts.append(f"<h3>{hp.escape(folder.relative_to(erf_dir))}/</h3>")
-        for path in sorted(p for p in tables if p.parent == folder):
-            parts += [f"<h4>{hp.escape(path.name)}</h4>", hp.csv_table(path)]
         for path in sorted(p for p in images if p.parent == folder):
             parts += [f"<h4>{hp.escape(path.name)}</h4>", hp.embed_png(path, path.stem)]
+        for path in sorted(p for p in tables if p.parent == folder):
+            parts += [f"<h4>{hp.escape(path.name)}</h4>", hp.csv_table(path)]
     return "".join(parts)
 
 
