@@ -301,3 +301,36 @@ def test_stats_plots_show_pixels_per_bin_and_confidence(tmp_path, captured):
     assert outcome.axes[0].get_ylabel() == "input pixels with |g| > t"
     for path in plots.values():
         assert width_px(path) <= PAGE
+
+
+def test_report_text_names_the_markers_and_colours_drawn(tmp_path, captured):
+    from matplotlib.colors import rgb_to_hsv, to_rgba
+
+    from vessel_lens.viz.report_sections import attribution_intro, images_intro
+
+    image, probability, label, pixels, gradients, stats = _pixel_inputs(2)
+    attribution_plots.pixel_panels(
+        image, probability, label, pixels, gradients, stats, tmp_path / "p.png"
+    )
+    axes = {ax.get_title(): ax for ax in captured[-1].axes}
+
+    def markers(ax):
+        return {(line.get_marker(), to_rgba(line.get_color())) for line in ax.lines}
+
+    assert markers(axes["input"]) == {("+", to_rgba("lime"))}
+    thresholded = next(ax for title, ax in axes.items() if title.startswith("(3, 4) vessel"))
+    assert markers(thresholded) == {("+", to_rgba("red"))}
+    (box,) = thresholded.patches
+    assert box.get_edgecolor() == to_rgba("cyan")
+    assert markers(axes["gradient g of P at (3, 4)"]) == {("+", to_rgba("black"))}
+    text = images_intro(0.01, 96)
+    for words in ("marked + in green", "in yellow", "bounding box in cyan", "red +", "black +"):
+        assert words in text, words
+    hue = rgb_to_hsv(attribution_plots.THRESHOLD_COLOUR)[0] * 360
+    assert 45 <= hue <= 65  # yellow
+
+    attribution_plots.attribution_grid(image, _grid_rows(["saliency"]), tmp_path / "a.png")
+    grid = {ax.get_title(): ax for ax in captured[-1].axes}
+    assert markers(grid["(5, 6)"]) == {("+", to_rgba("lime"))} and not grid["(5, 6)"].collections
+    assert ("+", to_rgba("black")) in markers(grid["saliency"])
+    assert "marked +, green on the input and black on the maps" in attribution_intro(False)
