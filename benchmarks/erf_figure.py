@@ -24,7 +24,7 @@ def main() -> None:
     from vessel_lens.interpret import gradient_magnitude, jacobian
     from vessel_lens.interpret.erf import receptive_field_maps
     from vessel_lens.models import load_model
-    from vessel_lens.viz.figures import new_figure, save_figure
+    from vessel_lens.viz.figures import add_colorbar, new_figure, save_figure
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="vessmap-w16")
@@ -53,15 +53,17 @@ def main() -> None:
     magnitude = gradient_magnitude(gradient).numpy()
     stats = maps.stats(row, col, 0)
 
-    figure = new_figure(16, 3.6)
+    figure = new_figure(15.5, 3.6)
     axes = [figure.add_subplot(1, 5, i + 1) for i in range(5)]
     axes[0].imshow(crop[0].numpy(), cmap="gray")
-    axes[0].set_title(f"input; p = ({row}, {col}), P(vessel) {maps.probability[row, col]:.2f}")
+    axes[0].set_title(
+        f"input; p = ({row}, {col}), P(vessel) {maps.probability[row, col]:.2f}", fontsize=9
+    )
     positive = magnitude[magnitude > 0]
     norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-4), vmax=positive.max())
     shown = axes[1].imshow(np.where(magnitude > 0, magnitude, np.nan), cmap="magma", norm=norm)
-    figure.colorbar(shown, ax=axes[1], shrink=0.8)
-    axes[1].set_title("|g_p| (log scale)")
+    add_colorbar(figure, shown, axes[1], "|g_p| [P(vessel) / intensity], log scale", shrink=0.8)
+    axes[1].set_title("|g_p| (log scale)", fontsize=9)
     axes[2].imshow(magnitude > stats.threshold, cmap="Greys")
     axes[2].add_patch(
         Rectangle(
@@ -94,7 +96,7 @@ def main() -> None:
                 fill=False,
                 color=colour,
                 lw=1.5,
-                label=f"{100 * q:g} % of mass: r = {radius:g}",
+                label=f"{100 * q:g} % of mass: r = {radius:g} px",
             )
         )
     d_row, d_col = maps.centroid_offset[row, col].tolist()
@@ -105,9 +107,12 @@ def main() -> None:
         arrowprops={"arrowstyle": "->", "color": "white"},
     )
     axes[3].legend(fontsize=7, loc="lower left")
-    axes[3].set_title(f"mass radii; centroid offset ({d_row:.1f}, {d_col:.1f})", fontsize=9)
-    count = axes[4].imshow(maps.count[0].numpy(), cmap="viridis")
-    figure.colorbar(count, ax=axes[4], shrink=0.8)
+    axes[3].set_title(
+        f"mass radii (|g_p| as left); centroid offset\n({d_row:.1f}, {d_col:.1f}) pixels",
+        fontsize=9,
+    )
+    count = axes[4].imshow(maps.count[0].numpy(), cmap="viridis", interpolation="nearest")
+    add_colorbar(figure, count, axes[4], "count(p) [input pixels]", integer=True, shrink=0.8)
     axes[4].set_title(f"count(p) for every p, {100 * args.fraction:g} % global", fontsize=9)
     for ax in axes:
         ax.plot(col, row, "x", color="#30ff30" if ax is not axes[3] else "white", ms=6)

@@ -304,3 +304,61 @@ def test_named_images_are_all_shown_and_user_figures_are_kept(
     assert run_cli(args) == 2
     assert "already holds figures" in capsys.readouterr().err
     assert (mine / "figures" / "plot.png").read_bytes() == b"my figure"
+
+
+def test_report_reads_quantitatively(
+    run_cli, run_folder, make_dataset, tmp_path, capsys, monkeypatch
+):
+    """A checkpoint outside any run folder shows its recorded training summary; --erf shows the
+    erf-stats plots of its sub-folders; every table scrolls inside its own box; figures fit a
+    1400-pixel page; an all-zero Grad-CAM map says why; --shared-scale is named."""
+    from PIL import Image
+
+    import vessel_lens.viz.report as report_module
+
+    real = report_module.attribute
+
+    def attribute(model, image, target, method, **options):
+        values = real(model, image, target, method, **options)
+        return torch.zeros_like(values) if method == "layer_gradcam" else values
+
+    monkeypatch.setattr(report_module, "attribute", attribute)
+    data = make_dataset(count=1, size=(32, 32), splits={"test": ["s00"]})
+    checkpoint = tmp_path / "shipped.pt"
+    recorded = {
+        "epoch": 7,
+        "metrics": {"val_loss": 0.4, "val_dice": 0.61},
+        "config": {"epochs": 9, "lr": 0.001},
+        "train_seconds": 90.0,
+        "test_metrics": {"mean_over_images": {"dice": 0.55}, "pooled_over_pixels": {"dice": 0.5}},
+    }
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, create_model("resnet_seg", width=4), "resnet_seg",
+                    {"width": 4}, recorded)  # fmt: skip
+    erf = tmp_path / "erf"
+    (erf / "stats").mkdir(parents=True)
+    (erf / "stats" / "stats_by_distance.png").write_bytes((run_folder / "curves.png").read_bytes())
+    (erf / "stats" / "stats_by_class.csv").write_text("group,pixels\nvessel,3\n")
+    out = tmp_path / "report"
+    args = ["report", "--checkpoint", str(checkpoint), "--data", str(data), "--erf", str(erf),
+            "--methods", "saliency,layer_gradcam", "--sanity-images", "0", "--shared-scale",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert run_cli(args) == 0, capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    training = html[html.index('<section id="training">') :].split("</section>")[0]
+    assert 'class="missing"' not in training
+    for shown in ("weights saved at epoch", ">7<", "1.5 min", "0.61", "mean over images", "0.55"):
+        assert shown in training, shown
+    assert "<details><summary>training configuration (2 settings)</summary>" in training
+    stats_png = base64.b64encode((erf / "stats" / "stats_by_distance.png").read_bytes()).decode()
+    assert EMBEDDED + stats_png in html and "<h3>stats/</h3>" in html
+    assert html.count("<table") == html.count('<div class="scroll"><table') > 5
+    assert re.search(r"\.scroll \{[^}]*overflow-x: auto", html)
+    zero = re.findall(r"layer gradcam \(layer [\w.]+\) at \(\d+, \d+\) [a-z ]+ is zero everywhere: "
+                      r"no positive evidence at this layer", html)  # fmt: skip
+    chosen = (out / "tables" / "pixels.csv").read_text().strip().splitlines()[1:]
+    assert len(zero) == len(chosen) >= 2  # one note per chosen pixel
+    assert "All panels share one colour scale" in html
+    for figure in (out / "figures").glob("*.png"):
+        with Image.open(figure) as image:
+            assert image.size[0] <= 1400, figure.name

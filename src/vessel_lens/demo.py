@@ -204,6 +204,7 @@ def _jacobian_step(out: Path, data: Path, sample: Sample, device: str, progress:
         gradient,
         [stats],
         out / "jacobian" / f"{sample.stem}_pixel_{row}_{col}.png",
+        output=str(meta.get("output", "probability")),
     )
     return {"jacobian-store": store, "jacobian-panels": figure}
 

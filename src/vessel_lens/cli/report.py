@@ -76,6 +76,12 @@ def report(
     zoom: Annotated[
         int, typer.Option(help="Side of the window attribution panels show (0: whole image).")
     ] = 96,
+    shared_scale: Annotated[
+        bool,
+        typer.Option(
+            help="One colour scale for every attribution panel (default: each panel its own)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random parts.")] = 0,
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
@@ -118,6 +124,7 @@ def report(
         sanity_images=sanity_images,
         seed=seed,
         zoom=zoom,
+        shared_scale=shared_scale,
         tile=tile,
         overlap=overlap,
         **({"methods": split_values(methods)} if methods else {}),
@@ -168,6 +175,7 @@ def report(
             description=description,
             run_dir=run_dir,
             run_note=run_note,
+            recorded=ckpt.metadata,
             erf_dir=erf,
             device=dev,
             overwrite=overwrite,

@@ -167,7 +167,7 @@ def _describe(table, mask, metrics) -> dict[str, float]:
     return row
 
 
-def _binned(values: np.ndarray, edges: tuple[float, ...]) -> tuple[np.ndarray, list[str]]:
+def bin_index(values: np.ndarray, edges: tuple[float, ...]) -> tuple[np.ndarray, list[str]]:
     """Bin index per value (-1 for NaN) and bin names: ``<= e0``, ``(e0, e1]``, ..., ``> en``."""
     index = np.searchsorted(np.asarray(edges), values, side="left")
     index = np.where(np.isfinite(values), index, -1)
@@ -204,7 +204,7 @@ def tabulate(table: dict[str, np.ndarray], stems: np.ndarray) -> dict[str, list[
         ("by_distance", "distance", DISTANCE_BINS),
         ("by_width", "width", WIDTH_BINS),
     ):
-        index, names = _binned(table[column], edges)
+        index, names = bin_index(table[column], edges)
         rows = []
         for b, bin_name in enumerate(names):
             for name, mask in classes:
@@ -271,7 +271,7 @@ def _tabulate_folder(config: StatsConfig, files: list[Path], dataset, out: Path)
     from vessel_lens.interpret.erf_stats_plots import plot_stats
 
     allowed = {s.stem for s in dataset.subset(config.split)}
-    parts, stems, skipped, outside = [], [], [], 0
+    parts, stems, skipped, outside, modes = [], [], [], 0, set()
     for path in files:
         maps = load_receptive_field_maps(path)
         stem = str(maps.metadata.get("stem", path.name[: -len(".erf.npz")]))
@@ -281,6 +281,7 @@ def _tabulate_folder(config: StatsConfig, files: list[Path], dataset, out: Path)
             skipped.append(stem)
             continue
         part = pixel_table(maps, dataset.samples[stem])
+        modes.add(maps.mode)
         outside += int(maps.computed.sum()) - len(part["predicted"])
         parts.append(part)
         stems.append(np.full(len(part["predicted"]), stem, dtype=object))
@@ -292,7 +293,7 @@ def _tabulate_folder(config: StatsConfig, files: list[Path], dataset, out: Path)
     tables = tabulate(table, stem_column)
     for key, rows in tables.items():
         result.tables[key] = _write_csv(out / f"stats_{key}.csv", rows)
-    result.plots = plot_stats(table, tables, out)
+    result.plots = plot_stats(table, out, modes.pop() if len(modes) == 1 else None)
     result.lines = _summary_lines(tables["answer"], len(parts), len(table["predicted"]), out)
     if outside:
         result.lines.append(f"left out {outside} pixels outside the field-of-view masks")

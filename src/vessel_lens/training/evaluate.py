@@ -24,7 +24,15 @@ from vessel_lens.training.metrics import (
     overlap_scores,
     roc_auc,
 )
-from vessel_lens.viz.figures import error_map, hide_axes, new_figure, save_figure, to_numpy_image
+from vessel_lens.viz.figures import (
+    INTENSITY_LABEL,
+    add_colorbar,
+    error_map,
+    hide_axes,
+    new_figure,
+    save_figure,
+    to_numpy_image,
+)
 
 
 @dataclass
@@ -104,19 +112,26 @@ def evaluate_model(
 
 def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: Path) -> Path:
     """Input / ground truth / prediction / error map (grey outside the field-of-view mask),
-    with Dice and IoU in the title."""
+    with Dice and IoU in the title; the input and the probability have colour bars."""
     prediction = (probability > 0.5).numpy()
-    figure = new_figure(12, 3.4)
+    figure = new_figure(13.5, 3.6)
     axes = figure.subplots(1, 4)
-    axes[0].imshow(to_numpy_image(sample.image), cmap="gray")
+    shown = to_numpy_image(sample.image)
+    artist = axes[0].imshow(shown, cmap="gray")
+    if shown.ndim == 2:
+        add_colorbar(figure, artist, axes[0], INTENSITY_LABEL)
     axes[0].set_title("input")
     axes[1].imshow(sample.label.numpy(), cmap="gray")
-    axes[1].set_title("ground truth")
-    axes[2].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("ground truth (white: vessel)")
+    artist = axes[2].imshow(probability.numpy(), cmap="gray", vmin=0, vmax=1)
+    add_colorbar(figure, artist, axes[2], "P(vessel)")
     axes[2].set_title("prediction (probability)")
     mask = None if sample.mask is None else sample.mask.numpy()
     axes[3].imshow(error_map(prediction, sample.label.numpy(), mask))
-    axes[3].set_title("errors: FP red, FN blue" + ("" if mask is None else ", outside grey"))
+    axes[3].set_title(
+        "P > 0.5 vs truth: TP white, FP red, FN blue" + ("" if mask is None else ", outside grey"),
+        fontsize=10,
+    )
     hide_axes(axes)
     figure.suptitle(f"{sample.stem}   Dice {metrics['dice']:.3f}   IoU {metrics['iou']:.3f}")
     return save_figure(figure, path)

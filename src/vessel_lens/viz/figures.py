@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+INTENSITY_LABEL = "input intensity (0-1)"
+"""Colour-bar label of a grey input image (images are read into [0, 1])."""
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -22,6 +26,37 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)
     return path
+
+
+def add_colorbar(figure: Figure, artist, ax, label: str, *, integer: bool = False, **kwargs):
+    """A colour bar beside ``ax`` (or a list of axes) naming its quantity and unit;
+    ``integer`` keeps only whole-number ticks (counts). Extra ``kwargs`` go to
+    ``Figure.colorbar`` (e.g. ``extend="both"`` when the colour limits clip the data)."""
+    kwargs.setdefault("shrink", 0.85)
+    bar = figure.colorbar(artist, ax=ax, **kwargs)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    if integer:
+        bar.set_ticks(integer_ticks(artist.norm.vmin, artist.norm.vmax, artist.norm))
+    else:  # each tick reads alone (no "1e-5" offset above the bar)
+        bar.formatter = FuncFormatter(lambda value, _: f"{value:.3g}")
+        bar.update_ticks()
+    return bar
+
+
+def integer_ticks(low: float, high: float, norm=None, count: int = 5) -> list[int]:
+    """About ``count`` whole numbers from ``low`` to ``high``: round numbers evenly spaced in the
+    colour scale of a non-linear ``norm`` (e.g. a square-root scale), else MaxNLocator's."""
+    low, high = float(low), float(high)
+    if getattr(norm, "gamma", 1.0) != 1.0 and high > low:
+        spots = np.ravel(norm.inverse(np.linspace(0.0, 1.0, count + 1)))[1:-1]
+        ticks = {int(np.ceil(low)), int(np.floor(high))}
+        for value in spots:
+            digits = max(int(np.floor(np.log10(max(float(value), 1.0)))), 0)
+            ticks.add(int(round(float(value), -digits)))
+    else:
+        ticks = {int(v) for v in MaxNLocator(count, integer=True).tick_values(low, high)}
+    return sorted(t for t in ticks if low - 1e-9 <= t <= high + 1e-9) or [int(np.ceil(low))]
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ body { font-family: sans-serif; margin: 1.5em auto; max-width: 1400px; color: #2
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 h3 { margin-top: 1.4em; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; margin: 0.4em 0; }
+.scroll { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th { background: #f2f2f2; } td.text, th.text { text-align: left; }
@@ -43,7 +44,8 @@ def _cell(value: object) -> tuple[str, bool]:
 
 
 def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """An HTML table of dict rows (floats shown with 4 significant digits)."""
+    """An HTML table of dict rows (floats shown with 4 significant digits), in a box that
+    scrolls sideways when the table is wider than the page."""
     if not rows:
         return '<p class="note">(no rows)</p>'
     columns = list(columns or rows[0])
@@ -55,7 +57,7 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
             text, is_text = _cell(row.get(column, ""))
             cells.append(f'<td class="text">{text}</td>' if is_text else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
 def csv_table(path: Path, max_rows: int = 40) -> str:
@@ -70,6 +72,11 @@ def csv_table(path: Path, max_rows: int = 40) -> str:
         else ""
     )
     return table(every[:max_rows], columns) + note
+
+
+def details(summary: str, content: str) -> str:
+    """A folded block (HTML ``<details>``, no script) that opens on a click."""
+    return f"<details><summary>{escape(summary)}</summary>{content}</details>"
 
 
 def paragraph(text: str, css: str = "note") -> str:

@@ -20,7 +20,10 @@ pixels inside it are candidates, and the error panel greys the outside.
 Methods run with cheaper settings than the library defaults so a report stays quick on a CPU
 (:func:`report_method_options`): 16 integration steps, 8 noise/baseline samples, occlusion
 windows of 1/8 of the image side moved by the same amount. Attribution panels are zoomed to a
-window of ``ReportOptions.zoom`` pixels around each target; the PNGs keep that zoom.
+window of ``ReportOptions.zoom`` pixels around each target; the PNGs keep that zoom. Each has a
+colour bar with its quantity and unit (``ReportOptions.shared_scale``: one scale for all), and
+a map that is zero everywhere (typically Grad-CAM: no positive evidence at its layer) says why,
+on its panel and in the text.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ from vessel_lens.outputs import claim_output, refuse_replacing
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
-from vessel_lens.viz.report_sections import erf_section, sanity_section, training_section, write_csv
+from vessel_lens.viz.report_sections import (
+    attribution_intro,
+    erf_section,
+    images_intro,
+    sanity_section,
+    training_section,
+    write_csv,
+    zero_map_notes,
+)
 
 REPORT_FILE = "report.html"
 SANITY_METHODS = ("saliency", "guided_backprop")
@@ -76,6 +87,8 @@ class ReportOptions:
     """Sliding-window side for the probability of images with a longer side (0: never)."""
     overlap: float = DEFAULT_OVERLAP
     """Fraction of each sliding window shared with its neighbours."""
+    shared_scale: bool = False
+    """One colour scale for every attribution panel (default: each panel its own)."""
 
     def __post_init__(self) -> None:
         for name in (*self.methods, *self.sanity_methods, *self.deletion_methods):
@@ -255,15 +268,21 @@ def _image_part(
         grid_rows.append((f"({row}, {col}) {why}", target.mask.numpy(), maps))
         all_maps.append(maps)
     grid = attribution_grid(
-        image, grid_rows, figures / f"{sample.stem}_attributions.png", zoom=options.zoom
+        image,
+        grid_rows,
+        figures / f"{sample.stem}_attributions.png",
+        zoom=options.zoom,
+        shared_scale=options.shared_scale,
     )
     parts = [
         f"<h3>{hp.escape(sample.stem)} ({height}x{width})</h3>",
         hp.embed_png(panel, f"{sample.stem}: input, probability, thresholded gradients"),
         hp.table(rows),
     ]
-    attribution_html = f"<h3>{hp.escape(sample.stem)}</h3>" + hp.embed_png(
-        grid, f"{sample.stem}: attribution methods"
+    attribution_html = (
+        f"<h3>{hp.escape(sample.stem)}</h3>"
+        + hp.embed_png(grid, f"{sample.stem}: attribution methods")
+        + zero_map_notes(model, image, grid_rows)
     )
     return _ImageResult(sample, pixels, all_maps, "".join(parts), attribution_html, [panel, grid])
 
@@ -303,6 +322,7 @@ def write_report(
     description: dict[str, str] | None = None,
     run_dir: Path | None = None,
     run_note: str = "",
+    recorded: dict[str, Any] | None = None,
     erf_dir: Path | None = None,
     device: torch.device | str | None = None,
     overwrite: bool = False,
@@ -311,7 +331,9 @@ def write_report(
     """Compute everything and write ``out/report.html``, ``out/figures/``, ``out/tables/``.
 
     ``description`` (checkpoint, data, split, ...) heads the page; ``run_dir`` is a training
-    run folder (``run_note`` says why there is none); ``erf_dir`` a receptive-field folder.
+    run folder (``run_note`` says why there is none), and without one the Training section
+    shows ``recorded``, the checkpoint's training metadata, when given; ``erf_dir`` a
+    receptive-field folder.
     """
     options = options or ReportOptions()
     out = check_output(out, overwrite)
@@ -321,12 +343,32 @@ def write_report(
         raise ConfigError("report: no image to show")
     with claim_output(out, "report", replaces=REPORT_WRITES, overwrite=overwrite):
         return _write_report(
-            model, samples, out, options, description, run_dir, run_note, erf_dir, device, progress
+            model,
+            samples,
+            out,
+            options,
+            description,
+            run_dir,
+            run_note,
+            recorded,
+            erf_dir,
+            device,
+            progress,
         )
 
 
 def _write_report(
-    model, samples, out, options, description, run_dir, run_note, erf_dir, device, progress
+    model,
+    samples,
+    out,
+    options,
+    description,
+    run_dir,
+    run_note,
+    recorded,
+    erf_dir,
+    device,
+    progress,
 ) -> ReportOutputs:
     started = time.perf_counter()
     figures, tables = out / "figures", out / "tables"
@@ -368,16 +410,16 @@ def _write_report(
     ]
     intro = [hp.table([{"item": k, "value": v} for k, v in (description or {}).items()])]
     sections = [
-        ("Images and chosen pixels", "images", "".join(r.html for r in images)),
-        ("Training", "training", training_section(run_dir, run_note)),
+        (
+            "Images and chosen pixels",
+            "images",
+            images_intro(options.threshold, options.zoom) + "".join(r.html for r in images),
+        ),
+        ("Training", "training", training_section(run_dir, run_note, recorded)),
         (
             "Attribution methods",
             "attributions",
-            hp.paragraph(
-                "Each row explains one chosen pixel's vessel probability (outlined); red "
-                "raises it, blue lowers it, colour limits at the 99.5th percentile of |map| "
-                "(Grad-CAM is non-negative). Settings per method:"
-            )
+            attribution_intro(options.shared_scale)
             + hp.table(settings)
             + "".join(r.attribution_html for r in images),
         ),

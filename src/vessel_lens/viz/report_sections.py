@@ -14,10 +14,12 @@ from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret.attribution import default_gradcam_layer
 from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, deletion_curves, randomisation_test
 from vessel_lens.interpret.targets import pixel_target
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import deletion_plot, randomisation_plot
+from vessel_lens.viz.map_scales import is_zero, zero_map_reason
 
 if TYPE_CHECKING:
     from vessel_lens.viz.report import ReportOptions
@@ -36,6 +38,47 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def images_intro(threshold: float, zoom: int) -> str:
+    """What the per-image panels show, with the colours and markers they are drawn in."""
+    zoomed = f", zoomed to {zoom} px around the pixel" if zoom else ""
+    return hp.paragraph(
+        "Per image: the input and the vessel probability P, each with its colour bar, and the "
+        "errors against the label (false positives red, false negatives blue); the chosen "
+        "pixels are marked + in green. Then per chosen pixel: the input pixels whose "
+        f"|gradient| exceeds t = {threshold:g} x that pixel's largest |gradient| in yellow, "
+        "their bounding box in cyan, the pixel as a red +; and the signed gradient of P "
+        f"(pixel: black +) in P per unit of input intensity (0-1){zoomed}."
+    )
+
+
+def attribution_intro(shared_scale: bool) -> str:
+    scale = "All panels share one colour scale" if shared_scale else "Each panel has its own"
+    return hp.paragraph(
+        "Each block explains one chosen pixel's vessel probability P (the pixel is marked +, "
+        "green on the input and black on the maps); red raises P, blue lowers it. "
+        f"{scale} colour scale, with limits at the 99.5th percentile of |map| (pointed "
+        "colour-bar ends: the map goes beyond them); gradients are in P per unit of input "
+        "intensity (0-1), the other maps in units of P; Grad-CAM is non-negative. A map that "
+        "is zero everywhere is blank and says why. Settings per method:"
+    )
+
+
+def zero_map_notes(model: nn.Module, image: torch.Tensor, grid_rows: list) -> str:
+    """A line per attribution map that is zero everywhere, saying why (its panel is blank).
+
+    ``grid_rows``: (target name, mask, {method: map}) as for ``attribution_grid``."""
+    notes = []
+    for name, _, maps in grid_rows:
+        for method, values in maps.items():
+            if not is_zero(values.detach().cpu().numpy()):
+                continue
+            where = method.replace("_", " ")
+            if method == "layer_gradcam":
+                where += f" (layer {default_gradcam_layer(model, image)})"
+            notes.append(f"{where} at {name} is zero everywhere: {zero_map_reason(method)}.")
+    return "".join(hp.paragraph(note) for note in notes)
 
 
 def find_run_folder(run: Path | None, checkpoint_path: Path | None) -> tuple[Path | None, str]:
@@ -58,9 +101,14 @@ def _float(value: str) -> float:
         return math.nan
 
 
-def training_section(run_dir: Path | None, note: str = "") -> str:
-    """Learning curves (the run's ``curves.png``) and its best and last epochs."""
+def training_section(
+    run_dir: Path | None, note: str = "", recorded: dict[str, Any] | None = None
+) -> str:
+    """Learning curves (the run's ``curves.png``) and its best and last epochs; without a run
+    folder, the training summary ``recorded`` in the checkpoint's metadata."""
     if run_dir is None:
+        if recorded:
+            return recorded_training(recorded)
         return hp.paragraph(note or "No run folder given.", "missing")
     parts = [hp.paragraph(f"Run folder: {run_dir}")]
     if (run_dir / "curves.png").is_file():
@@ -83,6 +131,54 @@ def training_section(run_dir: Path | None, note: str = "") -> str:
     return "".join(parts)
 
 
+def _metric_rows(name: str, value: Any) -> list[dict[str, Any]]:
+    """Table rows of a recorded metrics dict: one row, or one per sub-dict."""
+    if not isinstance(value, dict) or not value:
+        return []
+    if all(isinstance(v, dict) for v in value.values()):
+        return [r for k, v in value.items() for r in _metric_rows(f"{name}, {k}", v)]
+    return [{"recorded": name.replace("_", " "), **value}]
+
+
+def recorded_training(metadata: dict[str, Any]) -> str:
+    """The training summary a checkpoint recorded when it was saved (its ``metadata``): epoch,
+    time, data, the validation (and any test) metrics, and the training configuration."""
+    parts = [
+        hp.paragraph(
+            "No run folder (pass --run to show learning curves); the checkpoint recorded this "
+            "summary of its training when it was saved."
+        )
+    ]
+    facts = {
+        "weights saved at epoch": metadata.get("epoch"),
+        "training time": (
+            f"{float(metadata['train_seconds']) / 60:.1f} min"
+            if isinstance(metadata.get("train_seconds"), int | float)
+            else None
+        ),
+        "data": metadata.get("data"),
+        "split source": metadata.get("split_source"),
+        "torch": metadata.get("torch"),
+    }
+    parts.append(hp.table([{"item": k, "value": v} for k, v in facts.items() if v is not None]))
+    validation = _metric_rows("validation at the saved epoch", metadata.get("metrics"))
+    tests = [
+        row
+        for key in sorted(metadata)
+        if key.startswith("test_metrics")
+        for row in _metric_rows(key, metadata[key])
+    ]
+    for rows in (validation, tests):
+        if rows:
+            columns = list(dict.fromkeys(c for r in rows for c in r))
+            parts.append(hp.table(rows, columns))
+    config = metadata.get("config")
+    if isinstance(config, dict) and config:
+        rows = [{"setting": k, "value": str(v)} for k, v in config.items()]
+        parts.append(hp.details(f"training configuration ({len(rows)} settings)", hp.table(rows)))
+    return "".join(parts)
+
+
 def _number(text: str) -> Any:
     value = _float(text)
     if math.isnan(value):
@@ -91,7 +187,8 @@ def _number(text: str) -> Any:
 
 
 def erf_section(erf_dir: Path | None) -> str:
-    """Every ``*.png`` of the folder and its ``summary*.csv`` / ``stats*.csv`` tables."""
+    """Every ``*.png`` of the folder and its sub-folders (the ``erf`` maps and the
+    ``erf-stats`` plots), then its ``summary*.csv`` / ``stats*.csv`` tables, folder by folder."""
     if erf_dir is None:
         return hp.paragraph(
             "No receptive-field folder given (--erf DIR, the output of the receptive-field "
@@ -101,17 +198,20 @@ def erf_section(erf_dir: Path | None) -> str:
     erf_dir = Path(erf_dir)
     if not erf_dir.is_dir():
         raise ConfigError(f"--erf {erf_dir}: not a folder")
-    images = sorted(erf_dir.glob("*.png"))
-    tables = sorted({p for pattern in ERF_TABLE_PATTERNS for p in erf_dir.rglob(pattern)})
+    images = set(erf_dir.rglob("*.png"))
+    tables = {p for pattern in ERF_TABLE_PATTERNS for p in erf_dir.rglob(pattern)}
     if not images and not tables:
         return hp.paragraph(
             f"{erf_dir} holds no PNG figure and no summary*.csv or stats*.csv table.", "missing"
         )
     parts = [hp.paragraph(f"From {erf_dir}.")]
-    for path in tables:
-        parts += [f"<h3>{hp.escape(path.relative_to(erf_dir))}</h3>", hp.csv_table(path)]
-    for path in images:
-        parts += [f"<h3>{hp.escape(path.name)}</h3>", hp.embed_png(path, path.stem)]
+    for folder in sorted({p.parent for p in images | tables}):
+        if folder != erf_dir:
+            parts.append(f"<h3>{hp.escape(folder.relative_to(erf_dir))}/</h3>")
+        for path in sorted(p for p in images if p.parent == folder):
+            parts += [f"<h4>{hp.escape(path.name)}</h4>", hp.embed_png(path, path.stem)]
+        for path in sorted(p for p in tables if p.parent == folder):
+            parts += [f"<h4>{hp.escape(path.name)}</h4>", hp.csv_table(path)]
     return "".join(parts)
 
 
