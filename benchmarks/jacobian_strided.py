@@ -7,15 +7,15 @@ batch of strided pixels, spread over S times more image rows and columns, used t
 per row than a contiguous one. The engine now splits such batches into compact tiles when
 its cost model predicts a gain (``interpret/_tiles.py``).
 
-For each stride this times, in one process and alternating so that both see the same load,
-the same batches computed two ways:
+For each stride this times, in one process, the same batches computed two ways:
 
 - ``one batch``: the whole batch in one windowed backward pass (the engine before tiles);
 - ``engine``: ``JacobianEngine.rows`` (tiles when predicted cheaper).
 
-It prints milliseconds per row (median of ``--repeats``), each stride's cost relative to
-stride 1 for both, the engine's speed-up, and the largest difference between the two ways
-relative to max |J|.
+Strides and ways take turns within each repeat, so that all see the same machine load. It
+prints milliseconds per row (median of ``--repeats``), each stride's cost relative to stride 1
+for both ways, the engine's speed-up, and the largest difference between the two ways relative
+to max |J|.
 
     python benchmarks/jacobian_strided.py --size 64 --threads 1
     python benchmarks/jacobian_strided.py --size 256 --threads 1
@@ -78,28 +78,32 @@ def main() -> None:
         f"load average before {os.getloadavg()[0]:.2f}"
     )
     engine.rows(torch.arange(min(chunk, 16)))  # first calls of every kernel, and the profile
-    results = {}
-    for stride in (int(s) for s in args.strides.split(",")):
-        parts = batches(args.size, stride, chunk, args.batches)
-        rows = sum(len(p) for p in parts)
-        times: dict[str, list[float]] = {"one batch": [], "engine": []}
-        difference = 0.0
-        for _ in range(args.repeats):
-            for name, function in (("one batch", one_batch), ("engine", JacobianEngine.rows)):
+    strides = [int(s) for s in args.strides.split(",")]
+    parts = {stride: batches(args.size, stride, chunk, args.batches) for stride in strides}
+    ways = {"one batch": one_batch, "engine": JacobianEngine.rows}
+    times = {(stride, name): [] for stride in strides for name in ways}
+    difference = dict.fromkeys(strides, 0.0)
+    for _ in range(args.repeats):  # every stride and way in turn, so all see the same load
+        for stride in strides:
+            rows = sum(len(p) for p in parts[stride])
+            outputs = {}
+            for name, function in ways.items():
                 started = time.perf_counter()
-                outputs = [function(engine, part) for part in parts]
-                times[name].append((time.perf_counter() - started) / rows)
-                if name == "one batch":
-                    reference = outputs
-            for got, want in zip(outputs, reference, strict=True):
+                outputs[name] = [function(engine, part) for part in parts[stride]]
+                times[stride, name].append((time.perf_counter() - started) / rows)
+            for got, want in zip(outputs["engine"], outputs["one batch"], strict=True):
                 scale = float(want.abs().max()) or 1.0
-                difference = max(difference, float((got - want).abs().max()) / scale)
-        results[stride] = (
-            statistics.median(times["one batch"]),
-            statistics.median(times["engine"]),
-            difference,
-            rows,
+                gap = float((got - want).abs().max()) / scale
+                difference[stride] = max(difference[stride], gap)
+    results = {
+        stride: (
+            statistics.median(times[stride, "one batch"]),
+            statistics.median(times[stride, "engine"]),
+            difference[stride],
+            sum(len(p) for p in parts[stride]),
         )
+        for stride in strides
+    }
     base_old, base_new = results[min(results)][:2]
     print("stride  rows  one batch ms/row  engine ms/row  vs stride 1 (one batch, engine)"
           "  speed-up  max |diff| / max |J|")  # fmt: skip

@@ -26,9 +26,11 @@ import torch
 
 from vessel_lens.interpret._ops import CONVOLUTION
 
-OVERHEAD_ROWS = 4.0
-"""Fixed cost of one backward pass in single-pixel rows (on a 2-core CPU: a one-row pass took
-5.8 ms at 64x64 and 10.9 ms at 256x256, of which the windowed work was under 2 ms)."""
+OVERHEAD_ROWS = 2.0
+"""Fixed cost of one backward pass in single-pixel rows. Fitted to the timings of every tile
+size on strided and contiguous batches (``benchmarks/RESULTS.md``): a one-row pass takes
+about four single-pixel rows of windowed work more than the work itself, but counting
+multiply-adds underestimates what wide windows cost in memory traffic, and 2 balances both."""
 MIN_ROWS = 8
 """Batches with fewer rows are never split."""
 SMALLEST_TILE = 16
