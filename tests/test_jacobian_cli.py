@@ -323,3 +323,48 @@ def test_the_progress_label_says_which_image_of_how_many(setup, capsys):
     assert labels and set(labels) == {"image 1/2 s00", "image 2/2 s01"}, err[-500:]
     assert labels.index("image 2/2 s01") > labels.index("image 1/2 s00")
     assert re.search(r"image 2/2 s01: 100%.*512/512", err), err[-300:]
+
+
+def test_a_store_trapped_by_an_older_version_is_rebuilt(setup, capsys):
+    # Older versions stored --chunk-rows as the block size: a store of 256 rows in one block of
+    # 10^9 rows could never be written, by that run or any later one.
+    from vessel_lens.interpret.store import JacobianStore
+
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00")
+    run(*args)
+    good, _ = load_jacobian(out / "s00.zarr")
+    old = JacobianStore.open(out / "s00.zarr")
+    group = old.group
+    arrays = {name: torch.from_numpy(np.asarray(group[name][...])) for name in ("pixels", "image")}
+    JacobianStore.create(
+        out / "s00.zarr",
+        pixels=arrays["pixels"],
+        image=arrays["image"],
+        probability=torch.from_numpy(np.asarray(group["probability"][...])),
+        source_shape=tuple(old.attrs["source_shape"]),
+        chunk_rows=10**9,
+        dtype="float32",
+        attrs={k: v for k, v in old.attrs.items() if k not in ("rows", "chunk_rows", "format")},
+        replace=True,
+    )
+    capsys.readouterr()
+    run(*args)
+    assert "computed 1 block(s) (256 rows)" in capsys.readouterr().out
+    rows, meta = load_jacobian(out / "s00.zarr")
+    assert meta["chunk_rows"] == 256 and torch.equal(rows, good)
+
+
+def test_an_unfinished_store_whose_blocks_cannot_fit_is_named(setup, monkeypatch):
+    from vessel_lens.interpret import _budget
+
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00", "--block-rows", "64")
+    run(*args)
+    (out / "s00.zarr" / "done" / "c" / "2").unlink()
+    monkeypatch.setattr(_budget, "available_memory", lambda device: 100_000)
+    with pytest.raises(ConfigError) as info:
+        run(*args)
+    message = str(info.value)
+    assert message.startswith(f"{out / 's00.zarr'}: writing one of its blocks of 64 rows")
+    assert "pass --overwrite to recreate it with smaller blocks" in message

@@ -259,6 +259,10 @@ def _existing(config: ExtractConfig, job: _Job) -> JacobianStore | None:
             ) from None
         return None
     different = _differences(store.attrs, job.attrs)
+    if not different and not store.complete and store.chunk_rows > store.rows:
+        # One block larger than the store (older versions stored --chunk-rows as the block
+        # size): it cannot be written without allocating the whole block, and holds nothing.
+        return None
     if not different and not (config.overwrite and store.complete):
         return store
     if not config.overwrite:
@@ -277,9 +281,25 @@ def _block_rows(config: ExtractConfig, job: _Job) -> int:
     return max(1, min(config.block_rows, len(job.pixels)))
 
 
-def _check_budget(config: ExtractConfig, jobs: list[_Job], created: list[_Job], model, device):
-    """Refuse, before anything is written, options whose memory does not fit the device and
-    new stores over the size that needs ``--yes``."""
+def _check_budget(
+    config: ExtractConfig,
+    jobs: list[_Job],
+    created: list[_Job],
+    resumed: list[JacobianStore],
+    model,
+    device,
+):
+    """Refuse, before anything is written, options whose memory does not fit the device,
+    unfinished stores whose blocks do not, and new stores over the size that needs ``--yes``."""
+    for store in resumed:
+        shape = tuple(store.attrs["source_shape"])
+        _budget.check_memory(
+            f"{store.path}",
+            _budget.block_write_bytes(store.chunk_rows, shape),
+            "cpu",
+            f"writing one of its blocks of {store.chunk_rows} rows (fixed when it was created)",
+            "pass --overwrite to recreate it with smaller blocks",
+        )
     for job in created:
         block = _block_rows(config, job)
         _budget.check_memory(
@@ -330,8 +350,10 @@ def _create_store(config: ExtractConfig, job: _Job, model, device) -> JacobianSt
 
 def _prepare_stores(config: ExtractConfig, jobs: list[_Job], model, device) -> None:
     """Check every job's store and the run's budget first, then create the missing stores."""
-    created = [job for job in jobs if _existing(config, job) is None]
-    _check_budget(config, jobs, created, model, device)
+    existing = [(job, _existing(config, job)) for job in jobs]
+    created = [job for job, store in existing if store is None]
+    resumed = [store for _, store in existing if store is not None and not store.complete]
+    _check_budget(config, jobs, created, resumed, model, device)
     for job in created:
         _create_store(config, job, model, device)
 
