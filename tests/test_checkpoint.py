@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import collections
+import os
 import pickle
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -238,3 +242,161 @@ def test_failed_save_leaves_the_previous_checkpoint_in_place(tmp_path):
         save_checkpoint(path, model, "resnet_seg", {"width": WIDTH}, metadata={"f": lambda: 0})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def write_payload(path, model_name="resnet_seg", model_kwargs=None, state_dict=None):
+    """A checkpoint written by hand, as a hostile or broken file would be."""
+    torch.save(
+        {
+            "format": "vessel-lens-checkpoint",
+            "version": 1,
+            "model_name": model_name,
+            "model_kwargs": {"width": WIDTH} if model_kwargs is None else model_kwargs,
+            "state_dict": {} if state_dict is None else state_dict,
+            "metadata": {},
+        },
+        path,
+    )
+    return path
+
+
+PEAK_RSS = """
+import resource, sys
+import torch
+from vessel_lens.errors import CheckpointError
+from vessel_lens.models import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_model(sys.argv[1])
+except CheckpointError as exc:
+    print(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_a_tiny_file_asking_for_a_huge_model_is_refused_before_allocating(tmp_path):
+    # width 256 would allocate about 2 GB of parameters before the weights were looked at.
+    path = write_payload(tmp_path / "bomb.pt", model_kwargs={"width": 256})
+    assert path.stat().st_size < 4096
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_RSS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    message, grown = done.stdout.strip().splitlines()
+    assert str(path) in message and "do not fit resnet_seg(width=256)" in message
+    assert "missing (first 'stem.0.weight')" in message
+    assert int(grown) < 200 * 2**20, f"loading grew the peak RSS by {int(grown) / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({"width": 2**40}, "impossible sizes"), ({"width": 2**22}, "do not fit")],
+    ids=["beyond-int64", "petabytes"],
+)
+def test_absurd_widths_are_one_line(tmp_path, kwargs, expected):
+    path = write_payload(tmp_path / "bomb.pt", model_kwargs=kwargs)
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_model(path)
+    single_line_error(info, path)
+
+
+def test_a_model_far_larger_than_its_weights_is_refused(tmp_path, monkeypatch):
+    # Names and shapes match, but the model keeps a huge buffer outside its state dict.
+    class Hoarder(torch.nn.Module):
+        def __init__(self, width: int = 2):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, width, 1)
+            self.register_buffer("cache", torch.zeros(2**30), persistent=False)
+
+    from vessel_lens.models import registry
+
+    monkeypatch.setitem(registry.MODELS, "hoarder", Hoarder)
+    state = {f"conv.{k}": v for k, v in torch.nn.Conv2d(1, 2, 1).state_dict().items()}
+    path = write_payload(tmp_path / "m.pt", "hoarder", {}, state)
+    with pytest.raises(CheckpointError, match="would hold 1,073,741,828 values") as info:
+        load_model(path)
+    single_line_error(info, path)
+
+
+def test_a_tensor_of_another_shape_is_named(tmp_path):
+    state = trained_model().state_dict()
+    state["head.weight"] = state["head.weight"][:, :2]
+    path = write_payload(tmp_path / "m.pt", state_dict=state)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = single_line_error(info, path)
+    assert "'head.weight' is (2, 2, 3, 3) in the file but (2, 4, 3, 3) in the model" in message
+
+
+class RunsAShellCommand:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_pickle_that_runs_a_command_is_named_unsafe(tmp_path, capfd):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "vessel-lens-checkpoint", "state_dict": RunsAShellCommand()}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = single_line_error(info, path)
+    assert re.search(r"unsafe: the file asks to import (posix|nt)\.system \(", message), message
+    assert "this must never run" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "value", [3, [1.0, 2.0], "weights", None], ids=["int", "list", "str", "none"]
+)
+def test_state_dict_values_that_are_not_tensors_are_one_line(tmp_path, value):
+    state = trained_model().state_dict()
+    state["head.bias"] = value
+    path = write_payload(tmp_path / "m.pt", state_dict=state)
+    with pytest.raises(CheckpointError, match=r"entry 'head\.bias' holds .*, not a tensor") as info:
+        load_model(path)
+    single_line_error(info, path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_weights_holding_nan_or_inf_are_refused(tmp_path, bad, half):
+    model = trained_model()
+    with torch.no_grad():
+        model.encoder[1].conv2.weight[0, :3] = bad
+        model.head.weight[1, 0, 0, 0] = bad
+    path = save_checkpoint(tmp_path / "m.pt", model, "resnet_seg", {"width": WIDTH}, half=half)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = single_line_error(info, path)
+    assert "2 weight tensor(s) hold NaN or inf" in message
+    assert "first 'encoder.1.conv2.weight': 27 of 2,304 values" in message
+
+
+def test_evaluate_refuses_nan_weights_with_one_line(tmp_path, make_dataset, capsys):
+    from vessel_lens.cli import main
+
+    model = trained_model()
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")
+    path = save_checkpoint(tmp_path / "m.pt", model, "resnet_seg", {"width": WIDTH})
+    data = make_dataset(count=2, size=(20, 20))
+    out = tmp_path / "evaluation"
+    arguments = [
+        "--checkpoint",
+        str(path),
+        "--data",
+        str(data),
+        "--split",
+        "all",
+        "--out",
+        str(out),
+    ]
+    status = main(["evaluate", *arguments])
+    err = capsys.readouterr().err
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'head.bias'" in lines[0]
+    assert not out.exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -211,7 +212,7 @@ def test_torchrun_ranks_share_the_images(setup, tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    args = [*common(checkpoint, data, out)[:-2], "--crop", "12", "--no-figures"]
+    args = [*common(checkpoint, data, out)[:-2], "--crop", "16", "--no-figures"]
     finished = subprocess.run(
         [*launch, "2", str(runner), *args, "--device", "cpu", "--no-progress"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -220,7 +221,7 @@ def test_torchrun_ranks_share_the_images(setup, tmp_path):
         timeout=180,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "computed 3 (432 pixels)" in finished.stdout
+    assert "computed 3 (768 pixels)" in finished.stdout
     assert len(list(out.glob("*.erf.npz"))) == 3 and (out / "summary.csv").exists()
 
 
@@ -385,3 +386,57 @@ def test_statistics_need_maps_of_the_vessel_class(setup, tmp_path):
     assert summary[0]["predicted_vessel_fraction"] == ""
     with pytest.raises(DataError, match="class 0"):
         erf_stats(StatsConfig(erf_dir=out, data=str(data)))
+
+
+@pytest.mark.parametrize("crop", ["1", "15"])
+def test_crops_smaller_than_the_smallest_image_are_refused(setup, crop):
+    checkpoint, data, out = setup
+    with pytest.raises(ConfigError) as info:
+        run(*common(checkpoint, data, out)[:-2], "--crop", crop)
+    message = str(info.value)
+    assert message.startswith(f"--crop {crop}: crops must be at least 16 pixels a side")
+    assert "(or use --full)" in message and "\n" not in message and not out.exists()
+
+
+def test_rows_per_batch_that_cannot_fit_in_memory_are_refused(tmp_path, make_dataset):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
+    data = make_dataset(count=1, size=(512, 512))
+    out = tmp_path / "erf"
+    args = [*common(checkpoint, data, out)[:-2], "--full", "--chunk-rows", "1000000000"]
+    with pytest.raises(ConfigError) as info:
+        run(*args)
+    message = str(info.value)
+    assert message.startswith("--chunk-rows 1000000000: a backward pass over 262144 rows of s00")
+    assert "TiB of memory, but" in message and "\n" not in message and not out.exists()
+
+
+def test_rows_read_per_batch_from_stores_are_checked_too(setup, tmp_path, monkeypatch):
+    from vessel_lens.interpret import _budget
+
+    checkpoint, data, out = setup
+    grads = tmp_path / "grads"
+    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]
+    run("jacobian", *args, "--crop", "16", "--out", str(grads), "--images", "s01", jacobian=True)
+    monkeypatch.setattr(_budget, "available_memory", lambda device: 1_000_000)
+    erf = ["erf", "--from-jacobian", str(grads), "--out", str(out)]
+    with pytest.raises(ConfigError, match=r"^--chunk-rows 200: reading 200 rows of s01 would need"):
+        run(*erf, "--chunk-rows", "200")
+    assert not out.exists()
+    run(*erf, "--chunk-rows", "10")  # 10 rows of 16x16 float32: 61 KiB
+    assert (out / "s01.erf.npz").exists()
+
+
+def test_the_progress_label_says_which_image_of_how_many(setup, capsys):
+    checkpoint, data, out = setup
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    get_command(app).main(
+        args=[*common(checkpoint, data, out), "--no-figures"], standalone_mode=False
+    )
+    err = capsys.readouterr().err
+    labels = set(re.findall(r"(image \d/\d s\d\d):", err))
+    assert labels == {"image 1/3 s00", "image 2/3 s01", "image 3/3 s02"}, err[-500:]

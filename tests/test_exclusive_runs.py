@@ -73,7 +73,8 @@ def test_jacobian_second_writer_is_refused_and_mixed_blocks_are_caught(
     data = make_dataset(count=1, size=(24, 24))
     out = tmp_path / "grads"
     args = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "all", "--crop",
-            "16", "--chunk-rows", "2", "--strategy", "loop", "--out", str(out), "--no-progress"]  # fmt: skip
+            "16", "--block-rows", "2", "--chunk-rows", "2", "--strategy", "loop", "--out", str(out),
+            "--no-progress"]  # fmt: skip
     store = out / "s00.zarr"
 
     def blocks_done() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def test_pixel_stride_and_explicit_pixels(setup):
 
 def test_finished_stores_are_skipped_never_silently_replaced(setup, capsys):
     checkpoint, data, out = setup
-    args = common(checkpoint, data, out, "--crop", "8", "--chunk-rows", "16")
+    args = common(checkpoint, data, out, "--crop", "16", "--chunk-rows", "16")
     run(*args)
     first = load_jacobian(out / "s00.zarr")[0]
     capsys.readouterr()
@@ -116,7 +117,7 @@ def test_finished_stores_are_skipped_never_silently_replaced(setup, capsys):
 
 def test_store_interrupted_while_being_created_is_rebuilt_but_other_folders_are_kept(setup):
     checkpoint, data, out = setup
-    args = common(checkpoint, data, out, "--crop", "8", "--images", "s00")
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00")
     run(*args)
     shutil.rmtree(out / "s00.zarr" / "done")
     run(*args)
@@ -156,9 +157,9 @@ def blocks_done(out: Path) -> int:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_bits(setup, tmp_path):
     checkpoint, data, out = setup
-    options = ("--crop", "12", "--chunk-rows", "2")
+    options = ("--crop", "16", "--block-rows", "2", "--chunk-rows", "2")
     args = common(checkpoint, data, out, *options)
-    total = 2 * 12 * 12 // 2
+    total = 2 * 16 * 16 // 2
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     command = [sys.executable, str(runner), "jacobian", *args, "--no-progress"]
@@ -194,7 +195,7 @@ def test_torchrun_ranks_share_one_output_folder(setup, tmp_path):
     checkpoint, data, out = setup
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
-    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00", "--chunk-rows", "32")
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00", "--block-rows", "32")
     launch = [
         sys.executable,
         "-m",
@@ -215,3 +216,161 @@ def test_torchrun_ranks_share_one_output_folder(setup, tmp_path):
     rows, meta = load_jacobian(out / "s00.zarr")
     model, _ = load_model(checkpoint)
     torch.testing.assert_close(rows, jacobian(model, meta["image"]), rtol=0, atol=1e-6)
+
+
+def test_rows_per_pass_are_never_part_of_a_store(setup, capsys):
+    # A huge --chunk-rows once became the store's block size: zarr then allocated whole
+    # blocks of 10^9 rows (a MemoryError) in this run and in every later one.
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00")
+    run(*args, "--chunk-rows", "1000000000")
+    rows, meta = load_jacobian(out / "s00.zarr")
+    assert (
+        meta["chunk_rows"] == 256 and "1000000000" not in (out / "s00.zarr/zarr.json").read_text()
+    )
+    model, _ = load_model(checkpoint)
+    torch.testing.assert_close(rows, jacobian(model, meta["image"]), rtol=0, atol=1e-6)
+    capsys.readouterr()
+    run(*args)
+    assert "computed 0 block(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("chunk_rows", ["1", "3", "8", "50"])
+def test_an_interrupted_store_resumes_with_any_rows_per_pass(setup, capsys, chunk_rows):
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s01", "--block-rows", "8")
+    run(*args, "--chunk-rows", "5")
+    store = out / "s01.zarr"
+    assert load_jacobian(store)[1]["chunk_rows"] == 8
+    for block in (3, 4, 5, 9, 31):  # as if the run had been killed before these were done
+        (store / "done" / "c" / str(block)).unlink()
+    capsys.readouterr()
+    run(*args, "--chunk-rows", chunk_rows)
+    assert "computed 5 block(s) (40 rows)" in capsys.readouterr().out
+    rows, meta = load_jacobian(store)
+    model, _ = load_model(checkpoint)
+    torch.testing.assert_close(rows, jacobian(model, meta["image"]), rtol=0, atol=1e-6)
+
+
+def test_options_whose_memory_cannot_fit_are_refused_before_anything_is_written(
+    tmp_path, make_dataset
+):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
+    data = make_dataset(count=1, size=(512, 512))
+    out = tmp_path / "grads"
+    args = common(checkpoint, data, out, "--crop", "0")
+    # One pass over all 262,144 rows of a 512x512 image needs terabytes.
+    with pytest.raises(ConfigError) as info:
+        run(*args, "--chunk-rows", "1000000000", "--yes")
+    message = str(info.value)
+    assert message.startswith("--chunk-rows 1000000000: a backward pass over 262144 rows of s00")
+    assert re.search(r"would need about [\d.]+ TiB of memory, but [\d.]+ \w+ is available", message)
+    assert "\n" not in message and not out.exists()
+    with pytest.raises(ConfigError, match=r"^--block-rows 1000000000: writing a block of 262144"):
+        run(*args, "--block-rows", "1000000000", "--yes")
+    assert not out.exists()
+
+
+def test_stores_over_2_gib_need_yes_and_the_estimate_is_said(tmp_path, make_dataset):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
+    data = make_dataset(count=1, size=(256, 256))
+    out = tmp_path / "grads"
+    # 65,536 rows of 65,536 float32 values each.
+    with pytest.raises(ConfigError) as info:
+        run(*common(checkpoint, data, out, "--crop", "0"))
+    message = str(info.value)
+    assert "1 new store(s) would take up to 16.00 GiB on disk (uncompressed)" in message
+    assert "pass --yes" in message and "\n" not in message
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=r"up to 4\.00 GiB"):
+        run(*common(checkpoint, data, out, "--crop", "0", "--dtype", "uint8"))
+    assert not out.exists()
+
+
+def test_yes_lets_a_large_run_start(setup, monkeypatch):
+    from vessel_lens.interpret import _budget
+
+    checkpoint, data, out = setup
+    monkeypatch.setattr(_budget, "CONFIRM_BYTES", 300_000)  # two 16x16 stores: 524,288 bytes
+    args = common(checkpoint, data, out, "--crop", "16")
+    with pytest.raises(ConfigError, match=r"2 new store\(s\) would take up to 512.00 KiB"):
+        run(*args)
+    assert not out.exists()
+    run(*args, "--yes")
+    assert load_jacobian(out / "s01.zarr")[1]["done"] == 1.0
+    run(*args)  # finished stores are not new: nothing to confirm
+
+
+@pytest.mark.parametrize("crop", ["1", "8", "15"])
+def test_crops_smaller_than_the_smallest_image_are_refused(setup, crop):
+    checkpoint, data, out = setup
+    with pytest.raises(ConfigError) as info:
+        run(*common(checkpoint, data, out, "--crop", crop))
+    message = str(info.value)
+    assert message.startswith(f"--crop {crop}: crops must be at least 16 pixels a side")
+    assert "\n" not in message and not out.exists()
+
+
+def test_the_progress_label_says_which_image_of_how_many(setup, capsys):
+    checkpoint, data, out = setup
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    args = ["jacobian", *common(checkpoint, data, out, "--crop", "16", "--block-rows", "64")]
+    get_command(app).main(args=args, standalone_mode=False)
+    err = capsys.readouterr().err
+    labels = re.findall(r"(image \d/\d s\d\d):", err)
+    assert labels and set(labels) == {"image 1/2 s00", "image 2/2 s01"}, err[-500:]
+    assert labels.index("image 2/2 s01") > labels.index("image 1/2 s00")
+    assert re.search(r"image 2/2 s01: 100%.*512/512", err), err[-300:]
+
+
+def test_a_store_trapped_by_an_older_version_is_rebuilt(setup, capsys):
+    # Older versions stored --chunk-rows as the block size: a store of 256 rows in one block of
+    # 10^9 rows could never be written, by that run or any later one.
+    from vessel_lens.interpret.store import JacobianStore
+
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00")
+    run(*args)
+    good, _ = load_jacobian(out / "s00.zarr")
+    old = JacobianStore.open(out / "s00.zarr")
+    group = old.group
+    arrays = {name: torch.from_numpy(np.asarray(group[name][...])) for name in ("pixels", "image")}
+    JacobianStore.create(
+        out / "s00.zarr",
+        pixels=arrays["pixels"],
+        image=arrays["image"],
+        probability=torch.from_numpy(np.asarray(group["probability"][...])),
+        source_shape=tuple(old.attrs["source_shape"]),
+        chunk_rows=10**9,
+        dtype="float32",
+        attrs={k: v for k, v in old.attrs.items() if k not in ("rows", "chunk_rows", "format")},
+        replace=True,
+    )
+    capsys.readouterr()
+    run(*args)
+    assert "computed 1 block(s) (256 rows)" in capsys.readouterr().out
+    rows, meta = load_jacobian(out / "s00.zarr")
+    assert meta["chunk_rows"] == 256 and torch.equal(rows, good)
+
+
+def test_an_unfinished_store_whose_blocks_cannot_fit_is_named(setup, monkeypatch):
+    from vessel_lens.interpret import _budget
+
+    checkpoint, data, out = setup
+    args = common(checkpoint, data, out, "--crop", "16", "--images", "s00", "--block-rows", "64")
+    run(*args)
+    (out / "s00.zarr" / "done" / "c" / "2").unlink()
+    monkeypatch.setattr(_budget, "available_memory", lambda device: 100_000)
+    with pytest.raises(ConfigError) as info:
+        run(*args)
+    message = str(info.value)
+    assert message.startswith(f"{out / 's00.zarr'}: writing one of its blocks of 64 rows")
+    assert "pass --overwrite to recreate it with smaller blocks" in message

@@ -63,9 +63,21 @@ def jacobian(
     chunk_rows: Annotated[
         int | None,
         typer.Option(
-            help="Rows per stored block and batched backward pass (default: sized to memory)."
+            help="Rows per batched backward pass (default: sized to memory). Only how this "
+            "run computes: never stored, so a later run may use another value."
         ),
     ] = None,
+    block_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows per stored block, the unit that is saved and resumed; fixed when a "
+            "store is created (default: up to 256 rows and 64 MiB)."
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Write stores that would take more than 2 GiB (uncompressed)."),
+    ] = False,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -99,6 +111,8 @@ def jacobian(
         device=device,
         strategy=strategy,
         chunk_rows=chunk_rows,
+        block_rows=block_rows,
+        yes=yes,
         overwrite=overwrite,
         progress=progress,
     )

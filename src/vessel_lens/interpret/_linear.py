@@ -17,13 +17,22 @@ import torch
 from vessel_lens.interpret._prepare import Prepared, Unsupported, prepare, spatial
 from vessel_lens.interpret._rules import RULES, rule_key, siblings
 from vessel_lens.interpret._tape import Ref, Tape
+from vessel_lens.interpret._tiles import (
+    MIN_ROWS,
+    Profile,
+    build_profile,
+    compact_groups,
+    work_per_value,
+)
 from vessel_lens.interpret._window import Window, accumulate, zeros
 
 __all__ = ["LinearStrategy", "Unsupported", "backward", "seed_window"]
 
 
-def backward(prep: Prepared, seed: Window) -> torch.Tensor:
-    """Push a batch of output cotangents (on the output map) back to the source: (N, C, H, W)."""
+def backward(prep: Prepared, seed: Window, trace: list | None = None) -> torch.Tensor:
+    """Push a batch of output cotangents (on the output map) back to the source: (N, C, H, W).
+
+    ``trace``, when given, receives ``(entry index, tensor, cotangent window)`` for every step."""
     tape = prep.tape
     cotangents: dict[Ref, Window] = {tape.output: seed}
     waiting: dict[int, dict[int, Window]] = {}
@@ -34,6 +43,8 @@ def backward(prep: Prepared, seed: Window) -> torch.Tensor:
         entry = tape.entries[i]
         key = Ref(i, 0) if isinstance(entry.value, (tuple, list)) else Ref(i)
         grad = cotangents.pop(key, None)
+        if trace is not None and grad is not None:
+            trace.append((i, key, grad))
         if i in prep.leader:
             leader = prep.leader[i]
             if grad is not None:
@@ -70,16 +81,55 @@ def seed_window(
 
 
 class LinearStrategy:
-    """Batched windowed backward passes over one recorded forward pass."""
+    """Batched windowed backward passes over one recorded forward pass.
+
+    On the CPU a batch whose pixels spread out is computed as several spatially compact
+    batches when that is predicted to cost less (:mod:`._tiles`)."""
 
     name = "linear"
 
     def __init__(self, tape: Tape, dtype: torch.dtype):
         self.prepared = prepare(tape, dtype)
-        self.width = int(tape.value(tape.output).shape[-1])
+        output = tape.value(tape.output)
+        self.height, self.width = (int(s) for s in output.shape[-2:])
+        self._profile: Profile | None = None
 
     def rows(self, flat: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         rows, cols = flat // self.width, flat % self.width
+        seeds = seeds.to(self.prepared.dtype)
         output = self.prepared.tape.value(self.prepared.tape.output)
-        seed = seed_window(output, rows, cols, seeds.to(self.prepared.dtype))
-        return backward(self.prepared, seed)
+        groups = None
+        if flat.device.type == "cpu" and len(flat) >= MIN_ROWS:
+            groups = compact_groups(rows, cols, self.profile(), self.height, self.width)
+        if groups is None:
+            return backward(self.prepared, seed_window(output, rows, cols, seeds))
+        result = None
+        for group in groups:
+            part = backward(
+                self.prepared, seed_window(output, rows[group], cols[group], seeds[group])
+            )
+            if result is None:  # every row is written below: no need to clear it
+                result = torch.empty(
+                    (len(flat), *part.shape[1:]),
+                    dtype=part.dtype,
+                    device=part.device,
+                    memory_format=torch.channels_last,
+                )
+            result.index_copy_(0, group, part)
+        return result
+
+    def profile(self) -> Profile:
+        """The one-pixel window of every backward step (traced once, at the centre)."""
+        if self._profile is None:
+            prep = self.prepared
+            output = prep.tape.value(prep.tape.output)
+            centre = torch.tensor([self.height // 2]), torch.tensor([self.width // 2])
+            ones = torch.ones((1, int(output.shape[1])), dtype=prep.dtype, device=output.device)
+            trace: list = []
+            backward(prep, seed_window(output, *(c.to(output.device) for c in centre), ones), trace)
+            steps = []
+            for i, ref, window in trace:
+                work = work_per_value(prep, prep.tape.entries[i]) * int(window.data.shape[1])
+                steps.append((work, window.height, window.width, *spatial(prep.value(ref))))
+            self._profile = build_profile(steps, self.height, self.width)
+        return self._profile

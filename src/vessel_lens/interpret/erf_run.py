@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vessel_lens.errors import ConfigError, VesselLensError
+from vessel_lens.interpret import _budget
 from vessel_lens.interpret._erf_jobs import (
     Job,
     check_unreplaced,
@@ -45,6 +46,8 @@ from vessel_lens.interpret.erf import (
     receptive_field_maps_from_jacobian,
 )
 from vessel_lens.interpret.extract import check_row_options
+from vessel_lens.interpret.jacobian import JacobianEngine
+from vessel_lens.interpret.local import LOCAL_PIXELS
 
 
 @dataclass
@@ -188,6 +191,7 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
             remove_temporaries(config.out)  # of a killed run: no other writer holds the folder
             for job in jobs:
                 needs_work(config, job)
+            _check_memory(config, jobs, model, ctx.device)
             # once every file is accepted; the run id is read back by every rank
             write_run_config(config, ctx.device, ctx.world_size, uuid.uuid4().hex)
         except VesselLensError as exc:
@@ -206,8 +210,8 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
         total += len(job.pixels) if job.pixels is not None else JacobianStore.open(job.store).rows
     bar = tqdm(total=total, unit="px", disable=not (config.progress and ctx.is_main), smoothing=0.1)
     start = time.perf_counter()
-    for job in mine:
-        bar.set_description(job.stem)
+    for number, job in enumerate(mine, 1):
+        bar.set_description(f"image {number}/{len(mine)} {job.stem}")
         maps = _compute(config, job, model, ctx.device, bar)
         maps.metadata["run_id"] = run_id
         if config.figures:
@@ -232,6 +236,53 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
         check_unreplaced({**found, **{job.path: run_id for job in pending}})
         result.summary = write_summary(result.files, config.out / "summary.csv")
     return result
+
+
+READ_BYTES_PER_VALUE = 24
+"""Memory per stored value while rows are read back: the raw values, float64 while uint8 is
+dequantised, float32 rows and their magnitudes."""
+
+
+def _check_memory(config: ErfConfig, jobs: list[Job], model, device) -> None:
+    """Refuse ``--chunk-rows`` in one line when one batch would not fit in memory."""
+    if config.chunk_rows is None or not jobs:
+        return
+    option = f"--chunk-rows {config.chunk_rows}"
+    advice = "choose fewer rows, or leave the option out to size batches to memory"
+    if config.from_jacobian is not None:
+        from vessel_lens.interpret.store import JacobianStore
+
+        for job in jobs:
+            store = JacobianStore.open(job.store, mode="r")
+            rows = min(config.chunk_rows, store.rows)
+            values = rows * _budget.row_values(tuple(store.attrs["source_shape"]))
+            _budget.check_memory(
+                option,
+                READ_BYTES_PER_VALUE * values,
+                "cpu",
+                f"reading {rows} rows of {job.stem}",
+                advice,
+            )
+        return
+    job = max(jobs, key=lambda j: (j.image[0].numel(), len(j.pixels)))
+    if job.image[0].numel() > LOCAL_PIXELS:
+        return  # computed cell by cell on crops (interpret.local): a batch is one cell's rows
+    engine = JacobianEngine(
+        model,
+        job.image,
+        target_class=config.target_class,
+        output=config.output,
+        device=device,
+        strategy=config.strategy,
+    )
+    rows = min(config.chunk_rows, len(job.pixels))
+    _budget.check_memory(
+        option,
+        engine.pass_bytes(rows),
+        device,
+        f"a backward pass over {rows} rows of {job.stem}",
+        advice,
+    )
 
 
 def _title(maps) -> str:

@@ -19,7 +19,10 @@ from typing import Any
 
 import torch
 
+from vessel_lens.data.io import MIN_SIDE
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
+from vessel_lens.interpret import _budget
+from vessel_lens.interpret._blocks import by_store, fill
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
 from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
@@ -69,7 +72,13 @@ class ExtractConfig:
     strategy: str = "auto"
     """auto, linear, vmap or loop."""
     chunk_rows: int | None = None
-    """Rows per stored block and per batched backward pass (default: sized to memory)."""
+    """Rows per batched backward pass (default: sized to memory); how rows are computed, never
+    part of a store: a later run may use another value."""
+    block_rows: int | None = None
+    """Rows per stored block, the unit that is saved and resumed, fixed when a store is
+    created (default: up to 256 rows and 64 MiB)."""
+    yes: bool = False
+    """Write stores that would take more than 2 GiB (uncompressed)."""
     overwrite: bool = False
     """Replace stores that hold different settings or are finished."""
     progress: bool = True
@@ -82,6 +91,8 @@ class ExtractConfig:
         if self.dtype not in STORAGE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
         check_row_options(self, "0 for whole images")
+        if self.block_rows is not None and self.block_rows < 1:
+            raise ConfigError(f"--block-rows {self.block_rows}: must be at least 1")
         if self.pixels is not None and self.pixel_stride != 1:
             raise ConfigError("--pixels and --pixel-stride exclude each other")
 
@@ -95,6 +106,11 @@ def check_row_options(config, whole_images: str) -> None:
         raise ConfigError(f"--strategy {config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if config.crop < 0:
         raise ConfigError(f"--crop {config.crop}: must be positive (or {whole_images})")
+    if 0 < config.crop < MIN_SIDE:
+        raise ConfigError(
+            f"--crop {config.crop}: crops must be at least {MIN_SIDE} pixels a side, like the "
+            f"images the models accept (or {whole_images})"
+        )
     if config.pixel_stride < 1:
         raise ConfigError(f"--pixel-stride {config.pixel_stride}: must be at least 1")
     if config.chunk_rows is not None and config.chunk_rows < 1:
@@ -229,35 +245,102 @@ def _differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return [key for key in COMPARED if existing.get(key) != wanted.get(key)]
 
 
-def _prepare_store(config: ExtractConfig, job: _Job, model, device, chunk_rows) -> JacobianStore:
-    """Open a matching store to resume, or create one; refuse to replace a user's results."""
-    if job.path.exists():
-        try:
-            store = JacobianStore.open(job.path)
-        except UnfinishedCreation:
-            store = None
-        except DataError:
-            if not config.overwrite:
-                raise refused(
-                    job.path, "exists but is not a readable Jacobian store", DataError
-                ) from None
-            store = None
-        if store is not None:
-            different = _differences(store.attrs, job.attrs)
-            if not different and not (config.overwrite and store.complete):
-                foreign = int(store.foreign().sum())
-                if foreign:
-                    note(
-                        f"{job.path}: {foreign} blocks were written by another run than the one "
-                        "that created the store; computing them again"
-                    )
-                return store
-            if not config.overwrite:
-                state = "a finished" if store.complete else "an unfinished"
-                raise refused(
-                    job.path,
-                    f"holds {state} Jacobian computed with different {', '.join(different)}",
-                )
+def _existing(config: ExtractConfig, job: _Job) -> JacobianStore | None:
+    """The store at ``job.path`` to resume or skip, or ``None`` when one must be created;
+    refuses to replace a user's results."""
+    if not job.path.exists():
+        return None
+    try:
+        store = JacobianStore.open(job.path)
+    except UnfinishedCreation:
+        return None
+    except DataError:
+        if not config.overwrite:
+            raise refused(
+                job.path, "exists but is not a readable Jacobian store", DataError
+            ) from None
+        return None
+    different = _differences(store.attrs, job.attrs)
+    if not different and not store.complete and store.chunk_rows > store.rows:
+        # One block larger than the store (older versions stored --chunk-rows as the block
+        # size): it cannot be written without allocating the whole block, and holds nothing.
+        return None
+    if not different and not (config.overwrite and store.complete):
+        foreign = int(store.foreign().sum())
+        if foreign:
+            note(
+                f"{job.path}: {foreign} blocks were written by another run than the one "
+                "that created the store; computing them again"
+            )
+        return store
+    if not config.overwrite:
+        state = "a finished" if store.complete else "an unfinished"
+        raise refused(
+            job.path, f"holds {state} Jacobian computed with different {', '.join(different)}"
+        )
+    return None
+
+
+def _block_rows(config: ExtractConfig, job: _Job) -> int:
+    shape = tuple(job.image.shape)
+    if config.block_rows is None:
+        return _budget.default_block_rows(len(job.pixels), shape)
+    return max(1, min(config.block_rows, len(job.pixels)))
+
+
+def _check_budget(
+    config: ExtractConfig,
+    jobs: list[_Job],
+    created: list[_Job],
+    resumed: list[JacobianStore],
+    model,
+    device,
+):
+    """Refuse, before anything is written, options whose memory does not fit the device,
+    unfinished stores whose blocks do not, and new stores over the size that needs ``--yes``."""
+    for store in resumed:
+        shape = tuple(store.attrs["source_shape"])
+        _budget.check_memory(
+            f"{store.path}",
+            _budget.block_write_bytes(store.chunk_rows, shape),
+            "cpu",
+            f"writing one of its blocks of {store.chunk_rows} rows (fixed when it was created)",
+            "pass --overwrite to recreate it with smaller blocks",
+        )
+    for job in created:
+        block = _block_rows(config, job)
+        _budget.check_memory(
+            f"--block-rows {config.block_rows}" if config.block_rows else "a stored block",
+            _budget.block_write_bytes(block, tuple(job.image.shape)),
+            "cpu",
+            f"writing a block of {block} rows of {job.stem}",
+            "choose fewer --block-rows",
+        )
+    if config.chunk_rows is not None and jobs:
+        job = max(jobs, key=lambda j: (j.image[0].numel(), len(j.pixels)))
+        rows = min(config.chunk_rows, len(job.pixels))
+        engine = _engine(config, model, job, device)
+        _budget.check_memory(
+            f"--chunk-rows {config.chunk_rows}",
+            engine.pass_bytes(rows),
+            device,
+            f"a backward pass over {rows} rows of {job.stem}",
+            "choose fewer rows, or leave the option out to size passes to memory",
+        )
+        del engine
+    total = sum(
+        _budget.store_bytes(len(job.pixels), tuple(job.image.shape), config.dtype)
+        for job in created
+    )
+    _budget.confirm_size(
+        total,
+        config.yes,
+        f"{len(created)} new store(s)",
+        "make them smaller with --crop, --pixel-stride, --pixels or --dtype",
+    )
+
+
+def _create_store(config: ExtractConfig, job: _Job, model, device) -> JacobianStore:
     engine = _engine(config, model, job, device)
     return JacobianStore.create(
         job.path,
@@ -265,11 +348,21 @@ def _prepare_store(config: ExtractConfig, job: _Job, model, device, chunk_rows) 
         image=job.image,
         probability=engine.probability.cpu(),
         source_shape=tuple(job.image.shape),
-        chunk_rows=chunk_rows or engine.default_chunk(),
+        chunk_rows=_block_rows(config, job),
         dtype=config.dtype,
         attrs={**job.attrs, "strategy": engine.strategy},
         replace=True,
     )
+
+
+def _prepare_stores(config: ExtractConfig, jobs: list[_Job], model, device) -> None:
+    """Check every job's store and the run's budget first, then create the missing stores."""
+    existing = [(job, _existing(config, job)) for job in jobs]
+    created = [job for job, store in existing if store is None]
+    resumed = [store for _, store in existing if store is not None and not store.complete]
+    _check_budget(config, jobs, created, resumed, model, device)
+    for job in created:
+        _create_store(config, job, model, device)
 
 
 def _engine(config: ExtractConfig, model, job: _Job, device) -> JacobianEngine:
@@ -337,8 +430,7 @@ def _extract(config: ExtractConfig, ctx) -> ExtractResult:
     if ctx.is_main:
         try:
             remove_temporaries(config.out)  # of a killed run: no other writer holds the folder
-            for job in jobs:
-                _prepare_store(config, job, model, ctx.device, config.chunk_rows)
+            _prepare_stores(config, jobs, model, ctx.device)
             _write_run_config(config)  # only once every store was accepted
         except VesselLensError as exc:
             error = exc
@@ -354,18 +446,15 @@ def _extract(config: ExtractConfig, ctx) -> ExtractResult:
     bar = tqdm(
         total=total, unit="row", disable=not (config.progress and ctx.is_main), smoothing=0.1
     )
-    engine_for: tuple[int, JacobianEngine] | None = None
-    for store, block in work:
+    runs = by_store(work)
+    for number, (store, blocks) in enumerate(runs, 1):
         job = images[id(store)]
-        if engine_for is None or engine_for[0] != id(store):
-            bar.set_description(job.stem)
-            engine_for = (id(store), _engine(config, model, job, ctx.device))
-        first, stop = store.bounds(block)
-        rows = engine_for[1].rows(job.pixels[first:stop])
-        store.write(block, rows)
-        result.computed += 1
-        result.rows += stop - first
-        bar.update(stop - first)
+        bar.set_description(f"image {number}/{len(runs)} {job.stem}")
+        engine = _engine(config, model, job, ctx.device)
+        pass_rows = config.chunk_rows or engine.default_chunk()
+        result.rows += fill(store, blocks, job.pixels, engine.rows, pass_rows, bar.update)
+        result.computed += len(blocks)
+        del engine
     bar.close()
     result.seconds = time.perf_counter() - start
     result.is_main = ctx.is_main

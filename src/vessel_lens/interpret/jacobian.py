@@ -218,14 +218,19 @@ class JacobianEngine:
         rows = self.strategy_impl.rows(flat.to(self.device), seeds.to(self.device, self.dtype))
         return rows.to(self.dtype)
 
-    def default_chunk(self) -> int:
-        """Rows per chunk: as many as fit the memory budget, up to a per-strategy cap,
-        rounded to whole image rows when a chunk spans more than one."""
+    def pass_bytes(self, rows: int) -> int:
+        """Estimated memory a batched backward pass over ``rows`` rows takes (the estimate
+        :meth:`default_chunk` sizes chunks by)."""
         if self.strategy == "linear":
             per_row = 6 * max(self._largest, int(torch.tensor(self.source_shape).prod()))
         else:
             per_row = 3 * self._total
-        per_row *= torch.finfo(self.dtype).bits // 8
+        return rows * per_row * (torch.finfo(self.dtype).bits // 8)
+
+    def default_chunk(self) -> int:
+        """Rows per chunk: as many as fit the memory budget, up to a per-strategy cap,
+        rounded to whole image rows when a chunk spans more than one."""
+        per_row = self.pass_bytes(1)
         budget = _MEMORY_BUDGET
         if self.device.type == "cuda":
             budget = max(budget, torch.cuda.mem_get_info(self.device)[0] // 4)

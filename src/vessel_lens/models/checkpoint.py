@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from vessel_lens.errors import CheckpointError, ConfigError
+from vessel_lens.models._verify import meta_model, mismatch, nonfinite, not_tensors
 from vessel_lens.models.registry import create_model
 
 FORMAT = "vessel-lens-checkpoint"
@@ -50,7 +52,22 @@ class Checkpoint:
     path: Path | None = None
 
     def build(self, device: torch.device | str | None = None) -> nn.Module:
-        """Rebuild the model in eval mode with these weights (cast to float32)."""
+        """Rebuild the model in eval mode with these weights (cast to float32).
+
+        The model is first built on the ``meta`` device and checked against the weights
+        (:mod:`._verify`), so a file whose arguments ask for a huge model is refused before
+        any memory is taken; weights holding NaN or inf are refused too."""
+        label = f"{self.model_name}({_kwargs_text(self.model_kwargs)})"
+        try:
+            planned = meta_model(self.model_name, self.model_kwargs)
+        except ConfigError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+        problem = mismatch(planned, self.state_dict)
+        if problem:
+            raise CheckpointError(f"{self.path}: weights do not fit {label}: {problem}")
+        problem = nonfinite(self.state_dict)
+        if problem:
+            raise CheckpointError(f"{self.path}: refused: {problem}")
         try:
             with torch.random.fork_rng():  # initial weights are overwritten: keep the caller's RNG
                 model = create_model(self.model_name, **self.model_kwargs)
@@ -63,8 +80,7 @@ class Checkpoint:
             first = str(exc).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0]
             raise CheckpointError(
-                f"{self.path}: weights do not fit {self.model_name}({_kwargs_text(self.model_kwargs)})"
-                f": {detail[:200]}"
+                f"{self.path}: weights do not fit {label}: {detail[:200]}"
             ) from None
         return model.to(device or "cpu").eval()
 
@@ -113,16 +129,24 @@ def _unpickler_reason(message: str) -> str:
     return lines[0][:160] if lines and lines[0] else "unpickling failed"
 
 
+def _refused_global(message: str) -> str | None:
+    """The ``module.name`` torch's weights-only unpickler refused to import, if that is why
+    it failed (torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y")."""
+    found = re.search(r"\bGLOBAL\s+([\w.]+)", message, flags=re.IGNORECASE)
+    return found.group(1) if found else None
+
+
 def read_checkpoint(spec: str | Path) -> Checkpoint:
     """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
     path = resolve_checkpoint_path(spec)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        imported = _refused_global(str(exc))
+        if imported:
             raise CheckpointError(
-                f"{path}: refused to load (it holds objects other than tensors and plain "
-                f"values; {_unpickler_reason(str(exc))})"
+                f"{path}: refused to load: unsafe: the file asks to import {imported} "
+                "(a checkpoint holds only tensors and plain values)"
             ) from None
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt: {_unpickler_reason(str(exc))})"
@@ -152,6 +176,9 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
     for key, kind in (("model_name", str), ("model_kwargs", dict), ("state_dict", dict)):
         if not isinstance(raw.get(key), kind):
             raise CheckpointError(f"{path}: checkpoint has no valid {key!r}")
+    problem = not_tensors(raw["state_dict"])
+    if problem:
+        raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
     return Checkpoint(
         raw["model_name"],
         dict(raw["model_kwargs"]),
