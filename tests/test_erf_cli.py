@@ -147,7 +147,7 @@ def test_finished_outputs_are_never_replaced_without_overwrite(setup):
     checkpoint, data, out = setup
     args = ("--images", "s00", "--no-figures", "--fractions")
     run(*common(checkpoint, data, out, *args, "0.01"))
-    with pytest.raises(ConfigError, match="different fractions"):
+    with pytest.raises(ConfigError, match="different --fractions"):
         run(*common(checkpoint, data, out, *args, "0.02"))
     run(*common(checkpoint, data, out, *args, "0.02", "--overwrite"))
     assert load_receptive_field_maps(out / "s00.erf.npz").fractions == (0.02,)

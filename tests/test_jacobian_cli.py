@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -106,7 +107,10 @@ def test_finished_stores_are_skipped_never_silently_replaced(setup, capsys):
     run(*args)
     assert "computed 0 block(s)" in capsys.readouterr().out
     settings = (out / "jacobian-run.json").read_text()
-    with pytest.raises(ConfigError, match="finished Jacobian computed with different output"):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "jacobian-run.json").stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(ConfigError, match="finished Jacobian computed with different --output"):
         run(*args, "--output", "logit")
     assert torch.equal(load_jacobian(out / "s00.zarr")[0], first)
     assert (out / "jacobian-run.json").read_text() == settings  # a refused run changes nothing

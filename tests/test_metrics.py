@@ -141,3 +141,23 @@ def test_evaluate_shows_a_missing_clDice_as_na(tmp_path, make_dataset, capsys):
     assert cldice.split() == ["cldice", "n/a", "n/a"]
     (dice,) = [line for line in lines if line.startswith("dice")]
     assert "n/a" not in dice and len(dice.split()) == 3
+
+
+def test_metrics_json_writes_an_undefined_metric_as_null(tmp_path):
+    """JSON has no NaN: a pooled AUC over labels of one class is written as null."""
+    import json
+
+    from vessel_lens.training.evaluate import Evaluation, write_evaluation
+
+    result = Evaluation(
+        per_image=[{"stem": "a", "dice": 1.0, "auc": float("nan")}],
+        mean={"dice": 1.0},
+        pooled={"dice": 1.0, "auc": float("nan")},
+    )
+    text = (write_evaluation(result, tmp_path)["metrics"]).read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    payload = json.loads(text, parse_constant=refuse)
+    assert payload["pooled_over_pixels"] == {"dice": 1.0, "auc": None}

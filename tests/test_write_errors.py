@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,21 @@ def test_full_disk_while_writing_results_is_one_line(name, inputs, tmpfs, tmp_pa
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {out}") and line.endswith("(no space left on device)")
     assert not (out / ".vessel-lens.lock").exists()
+
+
+def test_atomic_file_replaces_whole_with_the_usual_permissions_or_leaves_the_old_file(tmp_path):
+    from vessel_lens.write_errors import atomic_file
+
+    path = tmp_path / "run.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(path, "w") as handle:
+        handle.write("half")
+        raise RuntimeError("stopped mid-write")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    umask = os.umask(0o027)
+    try:
+        with atomic_file(path, "w") as handle:
+            handle.write("new")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -5,16 +5,19 @@ file system, quota, file too large) becomes a :class:`~vessel_lens.errors.WriteE
 path and the reason; :func:`vessel_lens.outputs.claim_output` applies this to everything a
 command writes into its folder. A single output file (``data check --preview``) is checked
 before any work (:func:`check_output_file`) and written under a temporary name that becomes the
-file only when complete (:func:`writing_file`).
+file only when complete (:func:`writing_file`); files a command writes into its own folder
+(run configs, checkpoints, map files) are replaced whole by :func:`atomic_file`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
 from vessel_lens.errors import OutputError, VesselLensError, WriteError
 
@@ -125,6 +128,30 @@ def writing_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing (``mode`` ``"wb"`` or ``"w"``); when
+    the block ends normally it is flushed to disk, given the permissions a plain ``open``
+    would give (``mkstemp`` makes files readable by their owner only) and renamed over
+    ``path``, so readers see the old file or the new one, never a part. On any failure the
+    temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _publish_new(tmp: Path, path: Path) -> None:
     exists = OutputError(f"{path}: already exists; choose another name or pass --overwrite")
     try:
@@ -139,6 +166,7 @@ def _publish_new(tmp: Path, path: Path) -> None:
 
 __all__ = [
     "WRITE_REASONS",
+    "atomic_file",
     "check_output_file",
     "write_error",
     "write_errors_named",

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,11 @@ import torch
 
 from vessel_lens.errors import DataError
 from vessel_lens.interpret.erf_maps import summarise
-from vessel_lens.interpret.erf_store import erf_path, publish, read_erf_metadata
+from vessel_lens.interpret.erf_store import erf_path, read_erf_metadata
 from vessel_lens.interpret.extract import _hash, crop_box, image_hash, provenance
+from vessel_lens.interpret.provenance import differences
 from vessel_lens.outputs import refused
+from vessel_lens.write_errors import atomic_file
 
 COMPARED = (
     "source",
@@ -170,7 +170,7 @@ def needs_work(config, job: Job) -> bool:
             return True
         raise refused(job.path, "exists but is not a receptive-field file", DataError) from None
     wanted = json.loads(json.dumps(job.attrs))
-    different = [key for key in COMPARED if existing.get(key) != wanted.get(key)]
+    different = differences(existing, wanted, COMPARED)
     if different and not config.overwrite:
         raise refused(job.path, f"holds maps computed with different {', '.join(different)}")
     return bool(different) or config.overwrite
@@ -199,22 +199,11 @@ def read_run_id(folder: Path) -> str | None:
     return str(run_id) if run_id else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_run_config(config, device: torch.device, world_size: int, run_id: str) -> None:
     payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     payload.update(resolved_device=str(device), world_size=world_size, run_id=run_id)
-    config.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(config.out / "erf-run.json", json.dumps(payload, indent=2))
+    with atomic_file(config.out / "erf-run.json", "w") as handle:
+        json.dump(payload, handle, indent=2)
 
 
 def write_summary(files: list[Path], path: Path) -> Path:
@@ -223,15 +212,11 @@ def write_summary(files: list[Path], path: Path) -> Path:
 
     rows = [summarise(load_receptive_field_maps(file)) for file in files]
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines: list[str] = []
-
-    class _Lines:
-        def write(self, text: str) -> None:
-            lines.append(text)
-
-    writer = csv.DictWriter(_Lines(), fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _write_atomic(path, "".join(lines))
+    with atomic_file(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
     return path

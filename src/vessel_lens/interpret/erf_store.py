@@ -11,8 +11,6 @@ image as done.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 
 from vessel_lens.errors import DataError
 from vessel_lens.interpret.erf_maps import ARRAYS, ReceptiveFieldMaps
+from vessel_lens.write_errors import atomic_file
 
 FORMAT = "vessel-lens-erf"
 VERSION = 1
@@ -36,15 +35,6 @@ def erf_path(folder: str | Path, stem: str) -> Path:
 def find_receptive_field_maps(folder: str | Path) -> list[Path]:
     """The finished map files in ``folder`` (``*.erf.npz``), sorted by name."""
     return sorted(Path(folder).glob(f"*{SUFFIX}"))
-
-
-def publish(tmp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file over ``path`` with the permissions a plain ``open``
-    would give it (``mkstemp`` makes files readable by their owner only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,16 +67,8 @@ def save_receptive_field_maps(maps: ReceptiveFieldMaps, path: str | Path) -> Pat
     }
     arrays = {name: getattr(maps, name).detach().cpu().numpy() for name in ARRAYS}
     arrays["metadata_json"] = np.array(json.dumps(header))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +22,10 @@ from vessel_lens.errors import ConfigError, DataError, VesselLensError
 from vessel_lens.interpret import _budget
 from vessel_lens.interpret._blocks import by_store, fill
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
+from vessel_lens.interpret.provenance import differences
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
 from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
+from vessel_lens.write_errors import atomic_file
 
 COMPARED = (
     "model_name",
@@ -242,7 +242,7 @@ def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Jo
 
 
 def _differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    return [key for key in COMPARED if existing.get(key) != wanted.get(key)]
+    return differences(existing, wanted, COMPARED)
 
 
 def _existing(config: ExtractConfig, job: _Job) -> JacobianStore | None:
@@ -378,11 +378,8 @@ def _engine(config: ExtractConfig, model, job: _Job, device) -> JacobianEngine:
 
 def _write_run_config(config: ExtractConfig) -> None:
     payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    config.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".jacobian-run.json.", suffix=".tmp", dir=config.out)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_file(config.out / "jacobian-run.json", "w") as handle:
         json.dump(payload, handle, indent=2)
-    os.replace(tmp, config.out / "jacobian-run.json")
 
 
 def _share(ctx, stores: list[JacobianStore]) -> list[tuple[JacobianStore, int]]:

@@ -17,10 +17,8 @@ interrupted or failed save never leaves a half-written checkpoint in place of a 
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +31,7 @@ from torch import nn
 from vessel_lens.errors import CheckpointError, ConfigError
 from vessel_lens.models._verify import meta_model, mismatch, nonfinite, not_tensors
 from vessel_lens.models.registry import create_model
+from vessel_lens.write_errors import atomic_file
 
 FORMAT = "vessel-lens-checkpoint"
 VERSION = 1
@@ -197,12 +196,6 @@ def load_model(
     return checkpoint.build(device), checkpoint
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class _KeepingWriteErrors:
     """A file handle for ``torch.save`` that keeps the ``OSError`` of a failed write: torch
     reports it only as ``RuntimeError: ... unexpected pos``, without the reason (disk full)."""
@@ -226,25 +219,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """Save to a temporary file beside ``path`` and rename it over ``path``. A failed write
     raises its ``OSError`` (``errno`` ENOSPC, ...) with ``filename`` set to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            writer = _KeepingWriteErrors(handle)
-            try:
-                torch.save(obj, writer)
-            except RuntimeError:
-                if writer.error is None:
-                    raise
-                error = writer.error
-                raise OSError(error.errno, error.strerror, str(path)) from None
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        writer = _KeepingWriteErrors(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            error = writer.error
+            raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def save_checkpoint(

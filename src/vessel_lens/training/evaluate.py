@@ -137,13 +137,25 @@ def write_panel(sample: Sample, probability: torch.Tensor, metrics: dict, path: 
     return save_figure(figure, path)
 
 
+def _json_numbers(value):
+    """``value`` with every NaN or infinite number (an undefined metric) as ``None``: JSON has
+    no NaN, and ``null`` is what readers of ``metrics.json`` understand."""
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_evaluation(result: Evaluation, out: Path, extra: dict | None = None) -> dict[str, Path]:
     """``metrics.json`` and ``per_image.csv`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_json()
     if extra:
         payload.update(extra)
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+    (out / "metrics.json").write_text(json.dumps(_json_numbers(payload), indent=2, allow_nan=False))
     columns = ["stem", *[c for c in (*METRIC_NAMES, "tprec", "tsens") if c in result.per_image[0]]]
     with (out / "per_image.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

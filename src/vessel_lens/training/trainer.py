@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ from vessel_lens.training.losses import make_loss, regularisation
 from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
 from vessel_lens.training.schedule import make_scheduler
 from vessel_lens.viz.curves import learning_curves
-from vessel_lens.write_errors import write_reason
+from vessel_lens.write_errors import atomic_file, write_reason
 
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 
@@ -82,19 +81,14 @@ class TrainSummary:
     seconds: float
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_metrics_csv(history: list[dict], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write_text(path, buffer.getvalue())
+    with atomic_file(path, "w") as handle:
+        handle.write(buffer.getvalue())
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
