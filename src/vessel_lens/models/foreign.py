@@ -274,6 +274,10 @@ def load_program(
         name = EXPORTED
     else:
         raise CheckpointError(f"{path}: not a TorchScript or torch.export file")
+    # weights of a program are constants here; converting ones that require grad (.double())
+    # would make them non-leaf tensors in TorchScript
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     problem = nonfinite(state)
     if problem:

@@ -59,10 +59,6 @@ def check_model_options(
     checkpoint: object, model: object, model_args: object, weights: object, required: bool
 ) -> None:
     """Refuse combinations that cannot name one model, and none at all when ``required``."""
-    if required and checkpoint is None and model is None:
-        raise ConfigError(
-            "give --checkpoint (a checkpoint, TorchScript or torch.export file) or --model"
-        )
     if model is not None and not str(model).strip():
         raise ConfigError("--model: empty value")
     if model is not None and checkpoint is not None:
@@ -81,6 +77,10 @@ def check_model_options(
         raise ConfigError(
             f"--model-args: expected a JSON object of keyword arguments, not "
             f"{type(model_args).__name__}"
+        )
+    if required and checkpoint is None and model is None:
+        raise ConfigError(
+            "give --checkpoint (a checkpoint, TorchScript or torch.export file) or --model"
         )
 
 
