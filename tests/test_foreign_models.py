@@ -241,6 +241,40 @@ def test_a_factory_without_weights_keeps_its_own_and_says_so(files):
         assert torch.equal(a, b)
 
 
+def test_records_rebuild_their_model(files):
+    _, paths = files
+    image = torch.rand(1, 1, SIZE, SIZE)
+    for kind in ("factory file", "TorchScript traced", "torch.export"):
+        model, record = load(kind, paths)
+        again = record.build()
+        assert again is not model and not again.training
+        assert torch.equal(again(image), model(image)), kind
+
+
+def test_program_files_are_not_checkpoints_to_train_from(files):
+    from vessel_lens.models import read_checkpoint
+
+    _, paths = files
+    for name, kind in (("scripted.pt", "TorchScript"), ("exported.pt2", "torch.export")):
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(paths[name])  # what train --resume reads
+        assert f"is a {kind} file, not a vessel-lens checkpoint" in one_line(info.value)
+
+
+def test_randomisation_stages_look_into_wrappers_and_programs(files):
+    """The sanity checks' stages: a model whose parameters all lie in one child (the wrapper
+    of a foreign model, MONAI's UNet) is looked into; programs, whose stages cannot be seen
+    being called, get the definition order."""
+    from vessel_lens.interpret.sanity import parameter_stages
+
+    unet, paths = files
+    image = torch.rand(1, SIZE, SIZE)
+    assert parameter_stages(unet, image) == ["model.0", "model.1", "model.2"]
+    for kind in ("factory file", "TorchScript scripted", "torch.export"):
+        model, _ = load(kind, paths)
+        assert parameter_stages(model, image) == ["model.model.0", "model.model.1", "model.model.2"]
+
+
 def test_load_model_of_a_checkpoint_works_as_before(files):
     _, paths = files
     model, record = load_model(paths["registry.pt"])
