@@ -18,6 +18,7 @@ _all, __getattr__, __dir__ = lazy_exports(
             "CheckpointError",
             "ConfigError",
             "DataError",
+            "ModelError",
             "OutputError",
             "TrainingError",
             "VesselLensError",

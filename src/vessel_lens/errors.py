@@ -22,6 +22,11 @@ class CheckpointError(VesselLensError):
     """A checkpoint file is missing, corrupt or of another kind."""
 
 
+class ModelError(VesselLensError):
+    """A model from outside vessel-lens cannot run on the input it was given, or does not
+    return the (B, K, H, W) class logits every command needs."""
+
+
 class ConfigError(VesselLensError):
     """An option or configuration value is invalid."""
 

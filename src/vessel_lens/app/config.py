@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.models.source import check_model_options
 
 RANDOM_INIT = "random"
 """``--compare random``: a randomly initialised model of the first checkpoint's architecture."""
@@ -17,8 +18,15 @@ class AppConfig:
     """Everything ``create_app`` needs. Paths come from the command line, never the browser."""
 
     checkpoints: list[str] = field(default_factory=list)
-    """Checkpoint files, run folders or shipped names; the first is shown by default
-    (empty: vessmap-w16)."""
+    """Checkpoint files, run folders, shipped names, TorchScript or torch.export files; the
+    first is shown by default (empty: vessmap-w16, unless ``model`` is given)."""
+    model: str | None = None
+    """One more model, from outside vessel-lens: package.module:factory or
+    path/to/file.py:factory (offered after the checkpoints)."""
+    model_args: dict | None = None
+    """Keyword arguments of the ``model`` factory."""
+    weights: str | None = None
+    """State dict file loaded into the ``model`` factory's model."""
     compare: str | None = None
     """Checkpoint shown side by side by default, or 'random' for a random init."""
     data: str | None = None
@@ -53,7 +61,8 @@ class AppConfig:
     """Seed of the 'random init' comparison model."""
 
     def __post_init__(self) -> None:
-        self.checkpoints = list(self.checkpoints or ["vessmap-w16"])
+        check_model_options(None, self.model, self.model_args, self.weights, required=False)
+        self.checkpoints = list(self.checkpoints or ([] if self.model else ["vessmap-w16"]))
         if any(not str(c).strip() for c in self.checkpoints):
             raise ConfigError("--checkpoint: empty value")
         if self.compare == RANDOM_INIT and RANDOM_INIT in self.checkpoints:

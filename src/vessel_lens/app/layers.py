@@ -151,7 +151,7 @@ def _erf_howto(ctx: LayerContext) -> str:
     folder = state.config.erf or "DIR"
     return (
         f"no receptive-field map of this image, crop and checkpoint in --erf: run vessel-lens erf "
-        f"--checkpoint {entry.spec or '...'}{_data_option(state)} --split all --images {stem} "
+        f"{entry.options or '--checkpoint ...'}{_data_option(state)} --split all --images {stem} "
         f"{crop} --out {folder} (centred crops or --full) and start the app with --erf on that "
         "folder"
     )

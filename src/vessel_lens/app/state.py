@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ class ModelEntry:
     weights_hash: str | None
     in_channels: int
     spec: str | None = None
-    """What ``--checkpoint`` named (None for the random initialisation)."""
+    """What ``--checkpoint`` named (None for the random initialisation and ``--model``)."""
+    options: str | None = None
+    """The command-line options naming the model (for hints), None for the random init."""
 
 
 def _describe(spec: str, checkpoint) -> str:
@@ -68,39 +71,71 @@ def random_model(name: str, kwargs: dict, seed: int, device: torch.device) -> nn
     return model.to(device).eval()
 
 
-def load_models(config: AppConfig, device: torch.device) -> dict[str, ModelEntry]:
-    """``m0``, ``m1``, ... for the checkpoints (and ``--compare`` when it is a file), plus
-    ``random``: a random initialisation of the first checkpoint's architecture."""
-    from vessel_lens.interpret.extract import weights_hash
-    from vessel_lens.models import load_model
+def _sources(config: AppConfig) -> list:
+    """The checkpoints, then ``--model``, then ``--compare`` when it names another file."""
+    from vessel_lens.models.source import ModelSource
 
     specs = list(dict.fromkeys(config.checkpoints))
+    sources = [ModelSource(spec) for spec in specs]
+    if config.model is not None:
+        sources.append(ModelSource(None, config.model, config.model_args, config.weights))
     if config.compare not in (None, RANDOM_INIT) and config.compare not in specs:
-        specs.append(config.compare)
+        sources.append(ModelSource(config.compare))
+    return sources
+
+
+def _random_init(checkpoint, seed: int, device: torch.device) -> nn.Module | None:
+    from vessel_lens.models.foreign import ForeignCheckpoint
+
+    if isinstance(checkpoint, ForeignCheckpoint):
+        return checkpoint.random_init(seed, device)
+    return random_model(checkpoint.model_name, checkpoint.model_kwargs, seed, device)
+
+
+def load_models(config: AppConfig, device: torch.device) -> dict[str, ModelEntry]:
+    """``m0``, ``m1``, ... for the checkpoints, ``--model`` and ``--compare`` when it is a
+    file, plus ``random``: a random initialisation of the first model's architecture (none
+    when that is a TorchScript or torch.export file, which has no constructor)."""
+    from vessel_lens.interpret.extract import weights_hash
+
     entries: dict[str, ModelEntry] = {}
-    for i, spec in enumerate(specs):
+    first = None
+    for i, source in enumerate(_sources(config)):
         with torch.random.fork_rng(devices=[]):  # building the model draws initial weights
-            model, checkpoint = load_model(spec, device)
+            model, checkpoint = source.load(device)
+        first = first or checkpoint
+        label = (
+            _describe(source.checkpoint, checkpoint)
+            if source.model is None
+            else f"{source.model} ({Path(source.weights).name if source.weights else 'no --weights'})"
+        )
         entries[f"m{i}"] = ModelEntry(
             f"m{i}",
-            _describe(spec, checkpoint),
+            label,
             model,
             checkpoint.model_name,
             dict(checkpoint.model_kwargs),
             weights_hash(checkpoint.state_dict),
-            int(checkpoint.model_kwargs.get("in_channels", 1)),
-            spec,
+            checkpoint.in_channels,
+            source.checkpoint,
+            source.options,
         )
-    first = entries["m0"]
-    entries[RANDOM_INIT] = ModelEntry(
-        RANDOM_INIT,
-        f"random init of {first.name} (seed {config.seed})",
-        random_model(first.name, first.kwargs, config.seed, device),
-        first.name,
-        first.kwargs,
-        None,
-        first.in_channels,
-    )
+    model = _random_init(first, config.seed, device)
+    if model is None and config.compare == RANDOM_INIT:
+        raise ConfigError(
+            f"--compare {RANDOM_INIT}: {first.path} is a {first.kind} file, which cannot be "
+            "initialised afresh; compare with another checkpoint"
+        )
+    if model is not None:
+        entries[RANDOM_INIT] = ModelEntry(
+            RANDOM_INIT,
+            f"random init of {first.model_name} (seed {config.seed})",
+            model,
+            first.model_name,
+            dict(first.model_kwargs),
+            None,
+            first.in_channels,
+        )
     return entries
 
 
@@ -127,9 +162,9 @@ class AppState:
         if config.compare == RANDOM_INIT:
             self.compare_default = RANDOM_INIT
         elif config.compare is not None:
-            specs = list(dict.fromkeys(config.checkpoints))
-            index = specs.index(config.compare) if config.compare in specs else len(specs)
-            self.compare_default = f"m{index}"
+            self.compare_default = next(
+                (k for k, e in self.models.items() if e.spec == config.compare), None
+            )
         self.stores = StoreIndex(config.erf)
         self.erf_maps = MapIndex(config.erf)
         self.uploads = LRUCache(config.uploads, 256 * MIB)
@@ -301,12 +336,14 @@ class AppState:
         from vessel_lens.interpret.field import receptive_field
 
         entry = self.model(model_key)
-        key = ("field", entry.name, tuple(sorted(entry.kwargs.items())), view.height, view.width)
+        key = ("field", model_key, view.height, view.width)
 
         def build():
             try:
                 with self.compute, self.model_lock(model_key):
-                    return receptive_field(entry.model, (view.height, view.width))
+                    return receptive_field(
+                        entry.model, (view.height, view.width), in_channels=entry.in_channels
+                    )
             except ConfigError:
                 return None
 

@@ -27,6 +27,41 @@ OverlapOption = Annotated[
     float, typer.Option(help="Fraction of each --tile window shared with its neighbours.")
 ]
 
+CHECKPOINT_HELP = (
+    "Checkpoint file, run folder (uses best.pt), shipped name (vessmap-w16), or a TorchScript "
+    "or torch.export (.pt2) model file."
+)
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Instead of --checkpoint, a model from outside vessel-lens: "
+        "package.module:factory or path/to/file.py:factory, a callable returning a "
+        "torch.nn.Module of (B, K, H, W) class logits."
+    ),
+]
+ModelArgsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="""Keyword arguments of the --model factory as a JSON object, e.g. '{"in_channels": 1}'."""
+    ),
+]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="State dict loaded into the --model (a bare state dict, one under 'state_dict' "
+        "or 'model', or a vessel-lens checkpoint; read with weights_only=True)."
+    ),
+]
+
+
+def model_source(
+    checkpoint: str | None, model: str | None, model_args: str | None, weights: str | None
+):
+    """The model the options name (:class:`vessel_lens.models.source.ModelSource`)."""
+    from vessel_lens.models.source import ModelSource, parse_model_args
+
+    return ModelSource(checkpoint, model, parse_model_args(model_args), weights)
+
 
 def print_table(rows: Iterable[tuple[str, str]]) -> None:
     rows = list(rows)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from vessel_lens.cli._common import ModelArgsOption, WeightsOption
 from vessel_lens.errors import ConfigError
 
 
@@ -16,10 +17,21 @@ def app(
     checkpoint: Annotated[
         list[str] | None,
         typer.Option(
-            help="Checkpoint file, run folder or shipped name; repeat to offer several "
-            "(the first is shown). Default: vessmap-w16."
+            help="Checkpoint file, run folder, shipped name, TorchScript or torch.export file; "
+            "repeat to offer several (the first is shown). Default: vessmap-w16 (none when "
+            "--model is given)."
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="One more model, from outside vessel-lens: package.module:factory or "
+            "path/to/file.py:factory, a callable returning a torch.nn.Module; offered after "
+            "the checkpoints."
+        ),
+    ] = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -73,9 +85,13 @@ def app(
 
     from vessel_lens.app import AppConfig, Server, create_app
     from vessel_lens.app.server import limit_malloc_arenas
+    from vessel_lens.models.source import parse_model_args
 
     config = AppConfig(
         checkpoints=list(checkpoint or []),
+        model=model,
+        model_args=parse_model_args(model_args),
+        weights=weights,
         compare=compare,
         data=data,
         erf=erf,

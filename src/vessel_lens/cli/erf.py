@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import parse_floats, split_values
+from vessel_lens.cli._common import (
+    CHECKPOINT_HELP,
+    ModelArgsOption,
+    ModelOption,
+    WeightsOption,
+    parse_floats,
+    split_values,
+)
 from vessel_lens.errors import ConfigError
 
 
@@ -17,10 +24,10 @@ def erf(
         Path,
         typer.Option(help="Folder for <stem>.erf.npz, <stem>_erf.png, summary.csv, erf-run.json."),
     ],
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(help="Checkpoint file, run folder or shipped checkpoint name."),
-    ] = None,
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    model: ModelOption = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     from_jacobian: Annotated[
         Path | None,
         typer.Option(
@@ -101,6 +108,7 @@ def erf(
     """
     from vessel_lens.distributed import shutdown_distributed
     from vessel_lens.interpret.erf_run import ErfConfig, describe, run_erf
+    from vessel_lens.models.source import parse_model_args
 
     if full and crop is not None:
         raise ConfigError("--crop and --full exclude each other")
@@ -109,6 +117,9 @@ def erf(
             name
             for name, value in (
                 ("--checkpoint", checkpoint),
+                ("--model", model),
+                ("--model-args", model_args),
+                ("--weights", weights),
                 ("--data", data),
                 ("--crop", crop),
                 ("--full", full or None),
@@ -128,6 +139,9 @@ def erf(
     config = ErfConfig(
         out=out,
         checkpoint=checkpoint,
+        model=model,
+        model_args=parse_model_args(model_args),
+        weights=weights,
         from_jacobian=from_jacobian,
         data=data,
         split=split,

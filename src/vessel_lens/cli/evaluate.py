@@ -7,13 +7,24 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
-
-CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
+from vessel_lens.cli._common import (
+    CHECKPOINT_HELP,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    ModelArgsOption,
+    ModelOption,
+    OverlapOption,
+    TileOption,
+    WeightsOption,
+    model_source,
+)
 
 
 def evaluate(
-    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    model: ModelOption = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     data: Annotated[
         str | None, typer.Option(help="Dataset folder or CSV manifest (default: synthetic).")
     ] = None,
@@ -32,35 +43,35 @@ def evaluate(
         bool, typer.Option(help="Replace an earlier evaluation in --out.")
     ] = False,
 ) -> int:
-    """Evaluate a checkpoint on whole images: table on stdout, JSON, CSV and PNG panels."""
+    """Evaluate a model on whole images: table on stdout, JSON, CSV and PNG panels."""
     from vessel_lens.data.source import open_dataset
     from vessel_lens.data.statistics import data_statistics, distribution_warnings
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError
-    from vessel_lens.models import load_model
     from vessel_lens.outputs import claim_output
     from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
     from vessel_lens.training.inference import check_tiling
 
+    source = model_source(checkpoint, model, model_args, weights)
     check_tiling(tile, overlap)
     dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, dev)
-    dataset = open_dataset(data, keep_channels=model_channels(ckpt) > 1, checkpoint=ckpt)
+    net, ckpt = source.load(dev)
+    channels = ckpt.in_channels
+    dataset = open_dataset(data, keep_channels=channels > 1, checkpoint=ckpt)
     samples = dataset.subset(split)
-    channels = model_channels(ckpt)
     if samples and samples[0].image.shape[0] != channels:
         raise ConfigError(
             f"{dataset.name}: images have {samples[0].image.shape[0]} channel(s), but "
-            f"{ckpt.path} expects {channels}"
+            f"{ckpt.path or ckpt.model_name} expects {channels}"
         )
     if out is None:
-        out = Path("evaluations") / f"{Path(str(ckpt.path)).stem}-{split}"
+        out = Path("evaluations") / f"{model_stem(ckpt)}-{split}"
     written = ("metrics.json", "per_image.csv", *(("panels",) if panels else ()))
     masked = all(s.mask is not None for s in samples)
     # held, and shown to be writable, before anything is computed
     with claim_output(out, "evaluate", replaces=written, overwrite=overwrite):
         result = evaluate_model(
-            model,
+            net,
             samples,
             dev,
             out / "panels" if panels else None,
@@ -76,7 +87,10 @@ def evaluate(
             result,
             out,
             {
-                "checkpoint": str(ckpt.path),
+                "checkpoint": None if ckpt.path is None else str(ckpt.path),
+                **(
+                    {"model": source.model, "model_args": ckpt.model_kwargs} if source.model else {}
+                ),
                 "data": dataset.name,
                 "split": split,
                 "flip_average": flip_average,
@@ -100,16 +114,22 @@ def evaluate(
     return 0
 
 
-def model_channels(checkpoint) -> int:
-    return int(checkpoint.model_kwargs.get("in_channels", 1))
+def model_stem(checkpoint) -> str:
+    """A name for outputs of this model: its file's stem, else its factory's name."""
+    if checkpoint.path is not None:
+        return Path(str(checkpoint.path)).stem
+    return str(checkpoint.model_name).rpartition(":")[2] or "model"
 
 
 def predict(
-    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
     images: Annotated[Path, typer.Option(help="An image file or a folder of images.")],
     out: Annotated[
         Path, typer.Option(help="Folder for <stem>_probability.png and <stem>_mask.png.")
     ],
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    model: ModelOption = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     threshold: Annotated[
         float, typer.Option(help="Probability above which a pixel is vessel.")
     ] = 0.5,
@@ -120,18 +140,18 @@ def predict(
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""
     from vessel_lens.devices import resolve_device
-    from vessel_lens.models import load_model
     from vessel_lens.training.inference import check_tiling
     from vessel_lens.training.predict import predict_folder
 
+    source = model_source(checkpoint, model, model_args, weights)
     check_tiling(tile, overlap)
     dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, dev)
+    net, ckpt = source.load(dev)
     written = predict_folder(
-        model,
+        net,
         images,
         out,
-        model_channels(ckpt),
+        ckpt.in_channels,
         dev,
         threshold,
         overwrite,

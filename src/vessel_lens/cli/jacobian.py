@@ -7,14 +7,22 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import parse_pixels, split_values
+from vessel_lens.cli._common import (
+    CHECKPOINT_HELP,
+    ModelArgsOption,
+    ModelOption,
+    WeightsOption,
+    parse_pixels,
+    split_values,
+)
 
 
 def jacobian(
-    checkpoint: Annotated[
-        str, typer.Option(help="Checkpoint file, run folder or shipped checkpoint name.")
-    ],
     out: Annotated[Path, typer.Option(help="Folder for the stores (one <stem>.zarr per image).")],
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    model: ModelOption = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     data: Annotated[
         str | None,
         typer.Option(
@@ -95,10 +103,14 @@ def jacobian(
     """
     from vessel_lens.distributed import shutdown_distributed
     from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.models.source import parse_model_args
 
     config = ExtractConfig(
         checkpoint=checkpoint,
         out=out,
+        model=model,
+        model_args=parse_model_args(model_args),
+        weights=weights,
         data=data,
         split=split,
         crop=crop,

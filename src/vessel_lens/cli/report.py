@@ -8,20 +8,26 @@ from typing import Annotated
 import typer
 
 from vessel_lens.cli._common import (
+    CHECKPOINT_HELP,
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
+    ModelArgsOption,
+    ModelOption,
     OverlapOption,
     TileOption,
+    WeightsOption,
+    model_source,
     parse_pixels,
     split_values,
 )
 
-CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
-
 
 def report(
-    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
     out: Annotated[Path, typer.Option(help="Folder for report.html, figures/ and tables/.")],
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    model: ModelOption = None,
+    model_args: ModelArgsOption = None,
+    weights: WeightsOption = None,
     data: Annotated[
         str | None, typer.Option(help="Dataset folder or CSV manifest (default: synthetic).")
     ] = None,
@@ -102,7 +108,7 @@ def report(
     from vessel_lens.data.source import open_dataset
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError, DataError
-    from vessel_lens.models import load_model
+    from vessel_lens.models.foreign import ForeignCheckpoint
     from vessel_lens.viz.report import (
         DELETION_METHODS,
         SANITY_METHODS,
@@ -113,6 +119,7 @@ def report(
     )
     from vessel_lens.viz.report_sections import find_run_folder
 
+    source = model_source(checkpoint, model, model_args, weights)
     if max_images < 1:
         raise ConfigError(f"--max-images {max_images}: must be at least 1")
     if threads < 0:
@@ -134,9 +141,17 @@ def report(
         ),
     )
     dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, dev)
-    run_dir, run_note = find_run_folder(run, ckpt.path)
-    channels = int(ckpt.model_kwargs.get("in_channels", 1))
+    net, ckpt = source.load(dev)
+    given = {
+        "--methods": methods,
+        "--sanity-methods": sanity_methods,
+        "--deletion-methods": deletion_methods,
+    }
+    left_out = _without_layer_methods(options, net, ckpt, given)
+    # a model from outside vessel-lens lies in no vessel-lens training run
+    foreign = isinstance(ckpt, ForeignCheckpoint)
+    run_dir, run_note = find_run_folder(run, None if foreign else ckpt.path)
+    channels = ckpt.in_channels
     dataset = open_dataset(data, keep_channels=channels > 1, checkpoint=ckpt)
     samples = dataset.subset(split)
     wanted = split_values(images)
@@ -150,7 +165,7 @@ def report(
         samples = samples[:max_images]
     samples = [crop_sample(s, crop) for s in samples]
     description = {
-        "checkpoint": str(ckpt.path),
+        "checkpoint": str(ckpt.path) if ckpt.path is not None else "none (--model)",
         "model": f"{ckpt.model_name}({', '.join(f'{k}={v}' for k, v in ckpt.model_kwargs.items())})",
         "data": dataset.name,
         "split": split,
@@ -161,6 +176,8 @@ def report(
         else "whole images in one pass",
         "device": str(dev),
     }
+    if left_out:
+        description["methods left out"] = left_out
     if all(s.mask is not None for s in samples):
         description["field of view"] = "masks: pixels outside are not chosen, grey in the errors"
     previous_threads = torch.get_num_threads()
@@ -168,7 +185,7 @@ def report(
         torch.set_num_threads(threads)
     try:
         outputs = write_report(
-            model,
+            net,
             samples,
             out,
             options=options,
@@ -188,6 +205,28 @@ def report(
         f"in {outputs.seconds:.0f} s"
     )
     return 0
+
+
+def _without_layer_methods(options, net, checkpoint, given: dict) -> str:
+    """Leave out the methods that need the model's layers when a TorchScript or exported
+    program hides them (refuse them when asked for by name); what was left out and why."""
+    from vessel_lens.errors import ConfigError
+    from vessel_lens.interpret.attribution import LAYER_METHODS, hides_layers
+
+    if not hides_layers(net):
+        return ""
+    reason = f"the {getattr(checkpoint, 'kind', 'TorchScript')} program runs its layers inside it"
+    for option, values in given.items():
+        asked = [m for m in split_values(values) if m in LAYER_METHODS]
+        if asked:
+            raise ConfigError(
+                f"{option} {asked[0]}: needs the model's layers, but {reason}; leave it out, "
+                "or give the model as --model module:factory --weights FILE"
+            )
+    options.methods = [m for m in options.methods if m not in LAYER_METHODS]
+    options.sanity_methods = [m for m in options.sanity_methods if m not in LAYER_METHODS]
+    options.deletion_methods = [m for m in options.deletion_methods if m not in LAYER_METHODS]
+    return f"{', '.join(LAYER_METHODS)} ({reason})"
 
 
 def register(app: typer.Typer) -> None:

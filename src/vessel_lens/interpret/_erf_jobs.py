@@ -62,7 +62,7 @@ def _settings(config) -> dict[str, Any]:
 def model_jobs(config, checkpoint) -> list[Job]:
     from vessel_lens.data.source import open_dataset
 
-    in_channels = int(checkpoint.model_kwargs.get("in_channels", 1))
+    in_channels = checkpoint.in_channels
     dataset = open_dataset(config.data, keep_channels=in_channels > 1, require_labels=False)
     samples = _chosen(dataset.subset(config.split), config, f"split {config.split!r}")
     base = {

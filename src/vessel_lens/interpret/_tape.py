@@ -20,6 +20,11 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+_CANONICAL = {torch.ops.aten._convolution.default: (torch.ops.aten.convolution.default, 9)}
+"""Calls recorded as the public operation they compute, with its first arguments: traced
+TorchScript models call ``aten._convolution``, whose four further arguments (benchmark,
+deterministic, cudnn_enabled, allow_tf32) choose a kernel, not the values."""
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -135,6 +140,9 @@ class _Recorder(TorchDispatchMode):
         rec_args, rec_kwargs = pytree.tree_map(self._ref, (args, kwargs))
         node = len(self.tape.entries)
         recorded = functional or func
+        if func in _CANONICAL:
+            recorded, count = _CANONICAL[func]
+            rec_args = rec_args[:count]
         entry = Entry(recorded, rec_args, rec_kwargs, out, str(recorded), torch.is_grad_enabled())
         self.tape.entries.append(entry)
         if isinstance(out, torch.Tensor):

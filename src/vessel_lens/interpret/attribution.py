@@ -184,6 +184,19 @@ def module_by_name(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
+LAYER_METHODS = ("guided_backprop", "layer_gradcam")
+"""Methods that reach into the model's layers (its ReLUs, a module's output)."""
+
+
+def hides_layers(model: nn.Module) -> bool:
+    """Whether the model runs its layers inside a program (TorchScript, ``torch.export``),
+    where module hooks and Python ReLU replacements cannot reach them."""
+    return any(
+        isinstance(m, torch.jit.ScriptModule) or getattr(m, "hides_layers", False) is True
+        for m in model.modules()
+    )
+
+
 @torch.no_grad()
 def _map_sizes(model: nn.Module, image: torch.Tensor) -> tuple[tuple[int, int], list]:
     """One forward pass: the spatial size of the first 4-D tensor a submodule receives (the
@@ -254,6 +267,12 @@ def _run(method: str, forward: TargetValue, x: torch.Tensor, o: dict[str, Any]) 
             f"method {method}: needs Captum (a core dependency of vessel-lens); install it with pip install captum"
         ) from None
 
+    if method in LAYER_METHODS and hides_layers(forward.model):
+        raise ConfigError(
+            f"method {method}: needs the model's layers, which a TorchScript or torch.export "
+            "program runs out of reach; use another method, or give the model as --model "
+            "module:factory --weights FILE"
+        )
     if method == "saliency":
         return ca.Saliency(forward).attribute(x, abs=bool(o["abs"]))
     if method == "input_x_gradient":
@@ -358,9 +377,11 @@ def target_value(model: nn.Module, image: torch.Tensor, target: Target) -> float
 
 
 __all__ = [
+    "LAYER_METHODS",
     "METHODS",
     "METHOD_OPTIONS",
     "attribute",
     "default_gradcam_layer",
+    "hides_layers",
     "target_value",
 ]

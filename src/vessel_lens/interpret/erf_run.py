@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from vessel_lens.interpret.erf import (
 from vessel_lens.interpret.extract import check_row_options
 from vessel_lens.interpret.jacobian import JacobianEngine
 from vessel_lens.interpret.local import LOCAL_PIXELS
+from vessel_lens.models.source import ModelSource, check_model_options
 
 
 @dataclass
@@ -57,7 +59,14 @@ class ErfConfig:
     out: Path
     """Folder for the maps (<stem>.erf.npz, <stem>_erf.png, summary.csv, erf-run.json)."""
     checkpoint: str | None = None
-    """Checkpoint file, run folder or shipped checkpoint name."""
+    """Checkpoint file, run folder, shipped checkpoint name, or a TorchScript or torch.export
+    model file."""
+    model: str | None = None
+    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
+    model_args: dict[str, Any] | None = None
+    """Keyword arguments of the ``model`` factory."""
+    weights: str | None = None
+    """State dict file loaded into the ``model`` factory's model."""
     from_jacobian: Path | None = None
     """Folder of stores written by vessel-lens jacobian, used instead of a model."""
     data: str | None = None
@@ -101,8 +110,14 @@ class ErfConfig:
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out}: exists and is not a folder")
-        if (self.checkpoint is None) == (self.from_jacobian is None):
-            raise ConfigError("give either --checkpoint or --from-jacobian (exactly one)")
+        check_model_options(
+            self.checkpoint, self.model, self.model_args, self.weights, required=False
+        )
+        from_model = self.checkpoint is not None or self.model is not None
+        if from_model == (self.from_jacobian is not None):
+            raise ConfigError(
+                "give either --checkpoint (or --model) or --from-jacobian (exactly one)"
+            )
         if self.from_jacobian is not None:
             self.from_jacobian = Path(self.from_jacobian)
             if not self.from_jacobian.is_dir():
@@ -115,6 +130,13 @@ class ErfConfig:
                 f"--colouring {self.colouring!r}: choose one of {', '.join(COLOURING)}"
             )
         check_row_options(self, "use --full")
+
+    @property
+    def model_source(self) -> ModelSource | None:
+        """The model the maps are computed from (None for ``from_jacobian``)."""
+        if self.from_jacobian is not None:
+            return None
+        return ModelSource(self.checkpoint, self.model, self.model_args, self.weights)
 
 
 @dataclass
@@ -177,10 +199,9 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
     from vessel_lens.outputs import remove_temporaries
 
     model = None
-    if config.checkpoint is not None:
-        from vessel_lens.models import load_model
-
-        model, checkpoint = load_model(config.checkpoint, ctx.device)
+    source = config.model_source
+    if source is not None:
+        model, checkpoint = source.load(ctx.device)
         jobs = model_jobs(config, checkpoint)
     else:
         jobs = store_jobs(config)

@@ -24,6 +24,7 @@ from vessel_lens.interpret._blocks import by_store, fill
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
 from vessel_lens.interpret.provenance import differences
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
+from vessel_lens.models.source import ModelSource, check_model_options
 from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
 from vessel_lens.write_errors import atomic_file
 
@@ -45,10 +46,17 @@ COMPARED = (
 class ExtractConfig:
     """Settings of one ``vessel-lens jacobian`` run (field docs double as ``--help``)."""
 
-    checkpoint: str
-    """Checkpoint file, run folder or shipped checkpoint name."""
+    checkpoint: str | None
+    """Checkpoint file, run folder, shipped checkpoint name, or a TorchScript or torch.export
+    model file (None with ``model``)."""
     out: Path
     """Folder for the stores (one <stem>.zarr per image)."""
+    model: str | None = None
+    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
+    model_args: dict[str, Any] | None = None
+    """Keyword arguments of the ``model`` factory."""
+    weights: str | None = None
+    """State dict file loaded into the ``model`` factory's model."""
     data: str | None = None
     """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
     split: str = "test"
@@ -88,6 +96,9 @@ class ExtractConfig:
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out}: exists and is not a folder")
+        check_model_options(
+            self.checkpoint, self.model, self.model_args, self.weights, required=True
+        )
         if self.dtype not in STORAGE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
         check_row_options(self, "0 for whole images")
@@ -95,6 +106,10 @@ class ExtractConfig:
             raise ConfigError(f"--block-rows {self.block_rows}: must be at least 1")
         if self.pixels is not None and self.pixel_stride != 1:
             raise ConfigError("--pixels and --pixel-stride exclude each other")
+
+    @property
+    def model_source(self) -> ModelSource:
+        return ModelSource(self.checkpoint, self.model, self.model_args, self.weights)
 
 
 def check_row_options(config, whole_images: str) -> None:
@@ -417,11 +432,8 @@ def _check_generations(paths: list[Path], generations: dict[Path, int]) -> None:
 def _extract(config: ExtractConfig, ctx) -> ExtractResult:
     from tqdm import tqdm
 
-    from vessel_lens.models import load_model
-
-    model, checkpoint = load_model(config.checkpoint, ctx.device)
-    in_channels = int(checkpoint.model_kwargs.get("in_channels", 1))
-    jobs = _jobs(config, checkpoint, in_channels)
+    model, checkpoint = config.model_source.load(ctx.device)
+    jobs = _jobs(config, checkpoint, checkpoint.in_channels)
     result = ExtractResult(stores=[job.path for job in jobs])
     error = None
     if ctx.is_main:

@@ -118,6 +118,18 @@ def empirical_boxes(
     return torch.stack([top, bottom, left, right], 1).cpu()
 
 
+def _first_convolution_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None:
+        return first.in_channels
+    # TorchScript and exported models hold no Conv2d modules: read the first 4-D weight
+    weights = model.state_dict().values()
+    weight = next((w for w in weights if w.dim() == 4 and w.is_floating_point()), None)
+    if weight is None:
+        raise ConfigError("in_channels is needed: the model has no convolution to read it from")
+    return int(weight.shape[1])
+
+
 def receptive_field(
     model: nn.Module,
     size: int | tuple[int, int],
@@ -128,9 +140,9 @@ def receptive_field(
 ) -> ReceptiveField:
     """Measure the receptive field of every output pixel of an input of ``size``.
 
-    ``in_channels`` defaults to the first convolution's. ``method``: ``"structural"``
-    (guaranteed, cheap) or ``"empirical"`` (gradients of a positive surrogate; see the module
-    docs). The model is left as found.
+    ``in_channels`` defaults to the first convolution's (or the first 4-D weight's).
+    ``method``: ``"structural"`` (guaranteed, cheap) or ``"empirical"`` (gradients of a
+    positive surrogate; see the module docs). The model is left as found.
     """
     from vessel_lens.interpret._inputs import frozen_eval
 
@@ -138,10 +150,7 @@ def receptive_field(
     if method not in ("structural", "empirical"):
         raise ConfigError(f"method {method!r}: choose 'structural' or 'empirical'")
     if in_channels is None:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is None:
-            raise ConfigError("in_channels is needed: the model has no Conv2d to read it from")
-        in_channels = first.in_channels
+        in_channels = _first_convolution_channels(model)
     parameter = next(iter(model.parameters()), None)
     device = (
         torch.device(device) if device else (parameter.device if parameter is not None else "cpu")

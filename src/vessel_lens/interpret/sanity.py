@@ -64,6 +64,7 @@ from vessel_lens.interpret.attribution import (
     as_image_batch,
     as_target,
     attribute,
+    hides_layers,
     model_device,
 )
 from vessel_lens.interpret.targets import Target
@@ -80,32 +81,49 @@ def parameter_stages(model: nn.Module, image: torch.Tensor) -> list[str]:
 
     A stage is a top-level child module holding parameters, with ``nn.ModuleList`` children
     split into their items (``stem``, ``encoder.0`` ... ``encoder.3``, ``decoder.0`` ...,
-    ``head`` in ``resnet_seg``). The order is that of the first call in one forward pass;
-    stages never called are left out.
+    ``head`` in ``resnet_seg``); a model whose parameters all lie in one child (a wrapper,
+    MONAI's ``UNet``) is looked into. The order is that of the first call in one forward pass;
+    stages never called are left out. Where no stage can be seen being called (TorchScript
+    and exported programs run their layers inside them), the order is the definition order.
     """
-    candidates: list[tuple[str, nn.Module]] = []
-    for name, child in model.named_children():
-        if isinstance(child, nn.ModuleList):
-            candidates += [(f"{name}.{i}", item) for i, item in enumerate(child)]
-        else:
-            candidates.append((name, child))
-    candidates = [(n, m) for n, m in candidates if any(True for _ in m.parameters())]
+    candidates = _candidates(model, "")
     order: list[str] = []
-    handles = [
-        module.register_forward_pre_hook(
-            lambda _m, _i, name=name: order.append(name) if name not in order else None
-        )
-        for name, module in candidates
-    ]
+    handles = []
+    try:
+        for name, module in candidates:
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda _m, _i, name=name: order.append(name) if name not in order else None
+                )
+            )
+    except RuntimeError:  # ScriptModules take no hooks
+        pass
     try:
         with frozen_eval(model):
             model(as_image_batch(image).to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()
+    if not order and hides_layers(model):
+        order = [name for name, _ in candidates]
     if not order:
         raise ConfigError(f"{type(model).__name__}: found no stage with parameters")
     return order
+
+
+def _candidates(model: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    candidates: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            candidates += [(f"{prefix}{name}.{i}", item) for i, item in enumerate(child)]
+        else:
+            candidates.append((f"{prefix}{name}", child))
+    candidates = [(n, m) for n, m in candidates if any(True for _ in m.parameters())]
+    own = any(True for _ in model.parameters(recurse=False))
+    if len(candidates) == 1 and not own and any(True for _ in candidates[0][1].children()):
+        name, child = candidates[0]
+        return _candidates(child, f"{name}.")
+    return candidates
 
 
 def _stage_seed(seed: int, name: str) -> int:

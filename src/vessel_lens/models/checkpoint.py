@@ -83,6 +83,11 @@ class Checkpoint:
             ) from None
         return model.to(device or "cpu").eval()
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the model reads."""
+        return int(self.model_kwargs.get("in_channels", 1))
+
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
@@ -135,37 +140,52 @@ def _refused_global(message: str) -> str | None:
     return found.group(1) if found else None
 
 
-def read_checkpoint(spec: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
-    path = resolve_checkpoint_path(spec)
+def load_file(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``; every failure is one :class:`CheckpointError`
+    calling the file a ``what``."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         imported = _refused_global(str(exc))
         if imported:
             raise CheckpointError(
                 f"{path}: refused to load: unsafe: the file asks to import {imported} "
-                "(a checkpoint holds only tensors and plain values)"
+                f"(a {what} holds only tensors and plain values)"
             ) from None
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt: {_unpickler_reason(str(exc))})"
+            f"{path}: not a readable {what} (corrupt: {_unpickler_reason(str(exc))})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt or truncated: {_first_line(exc)})"
+            f"{path}: not a readable {what} (corrupt or truncated: {_first_line(exc)})"
         ) from None
     except Exception as exc:  # the legacy unpickler fails on text files with anything
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (not a PyTorch file: "
+            f"{path}: not a readable {what} (not a PyTorch file: "
             f"{type(exc).__name__} {_first_line(exc)})"
         ) from None
+
+
+def read_checkpoint(spec: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
+    from vessel_lens.models._programs import program_format
+
+    path = resolve_checkpoint_path(spec)
+    kind = program_format(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path}: is a {kind} file, not a vessel-lens checkpoint: the commands that "
+            "analyse a model take it with --checkpoint, but it cannot be trained on"
+        )
+    raw = load_file(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a vessel-lens checkpoint (holds {type(raw).__name__})")
     if raw.get("format") != FORMAT:
         if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise CheckpointError(
                 f"{path}: holds a bare state dict without the model name and arguments; "
-                "wrap it with vessel_lens.models.save_checkpoint"
+                "give its model with --model module:factory --weights FILE, or wrap it "
+                "with vessel_lens.models.save_checkpoint"
             )
         raise CheckpointError(f"{path}: not a vessel-lens checkpoint (no format marker)")
     if raw.get("version", 0) > VERSION:
@@ -189,10 +209,36 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
 
 
 def load_model(
-    spec: str | Path, device: torch.device | str | None = None
+    spec: str | Path | None = None,
+    device: torch.device | str | None = None,
+    *,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
 ) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild a model from a checkpoint path, run folder or shipped name; eval mode."""
-    checkpoint = read_checkpoint(spec)
+    """A model in eval mode and the checkpoint (or a record like one) it came from.
+
+    ``spec``: a checkpoint path, run folder or shipped name, or a TorchScript or
+    ``torch.export`` file. Or, instead, ``model``: ``package.module:factory`` or
+    ``path/to/file.py:factory`` called with ``model_args``, given the state dict in
+    ``weights`` (see :mod:`vessel_lens.models.foreign`)."""
+    from vessel_lens.models import foreign
+    from vessel_lens.models._programs import program_format
+    from vessel_lens.models.source import ModelSource
+
+    source = ModelSource(
+        None if spec is None else str(spec),
+        model,
+        model_args,
+        None if weights is None else str(weights),
+    )
+    if source.model is not None:
+        return foreign.load_factory_model(source.model, source.model_args, weights, device)
+    path = resolve_checkpoint_path(spec)
+    kind = program_format(path)
+    if kind is not None:
+        return foreign.load_program(path, kind, device)
+    checkpoint = read_checkpoint(path)
     return checkpoint.build(device), checkpoint
 
 
