@@ -7,6 +7,11 @@ Guards on the callback endpoint: request bodies are size-limited (the upload lim
 1 MiB: larger requests get 413); a body that is not a well-formed callback request for one of
 this app's callbacks gets 400 with a one-line reason, and so does any error Dash raises while
 unpacking one, because the callbacks themselves never raise.
+
+Guards on every request: a Host header that names neither the bound address, localhost,
+127.0.0.1 nor a name given with ``--allow-host`` gets 403 (a page on another site cannot
+reach the app through DNS rebinding), and every response says ``X-Content-Type-Options:
+nosniff``, ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,45 @@ def _names(item: dict) -> str:
     return f"{item.get('id')}.{str(item.get('property')).split('@')[0]}"
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: 'Example.org:8050' → 'example.org',
+    '[::1]:8050' → '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _guard_hosts(server, allowed: set[str]) -> None:
+    from flask import Response, request
+
+    def check_host():
+        name = host_name(request.host)
+        if "*" in allowed or name in allowed:
+            return None
+        log.warning("refused a request for host %r", name[:80])
+        text = (
+            f"host {name[:80]!r} is not served by this app; start it with --allow-host "
+            "NAME to serve it under another name\n"
+        )
+        return Response(text, status=403, mimetype="text/plain")
+
+    def add_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    server.before_request(check_host)
+    server.after_request(add_headers)
+
+
 def _guard_dispatch(app) -> None:
     from dash.exceptions import PreventUpdate
     from flask import jsonify, request
@@ -129,6 +173,7 @@ def create_app(config: AppConfig, state=None):
     register_callbacks(app, state)
     app.vessel_lens_state = state
     _guard_dispatch(app)
+    _guard_hosts(app.server, config.allowed_hosts)
     app.server.after_request(_MemoryReturner())
     return app
 
@@ -214,6 +259,6 @@ class Server:
         self._server.shutdown()
         state = getattr(self.app, "vessel_lens_state", None)
         if state is not None:
-            state.jobs.shutdown()
+            state.shutdown(wait=5.0)
         if self._thread is not None:
             self._thread.join(timeout=10)

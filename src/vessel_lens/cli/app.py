@@ -54,6 +54,17 @@ def app(
         int,
         typer.Option(help="Computations run at the same time; more requests wait their turn."),
     ] = 2,
+    queue: Annotated[
+        int,
+        typer.Option(
+            help="Computations that may wait for a worker; more are refused at once with a "
+            "message in the page."
+        ),
+    ] = 8,
+    queue_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a computation may wait for a worker before it gives up."),
+    ] = 60.0,
     max_side: Annotated[
         int, typer.Option(help="Largest analysed side; larger images open as a centred crop.")
     ] = 1024,
@@ -61,10 +72,18 @@ def app(
     cache_mb: Annotated[
         int,
         typer.Option(
-            help="Memory for prepared images and gradient maps in MiB (least recently used "
-            "ones are dropped)."
+            help="Memory budget in MiB for everything the app holds and computes (prepared "
+            "views, maps, uploads, running computations) beyond its base; least recently "
+            "used results are dropped to make room."
         ),
     ] = 1024,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host name to answer besides the bound address, localhost and 127.0.0.1 "
+            "(others get 403); repeat for several, '*' for any."
+        ),
+    ] = None,
 ) -> int:
     """Explore any pixel's gradient live: hover a pixel to see what the network looked at."""
     if importlib.util.find_spec("dash") is None:
@@ -85,9 +104,12 @@ def app(
         device=device,
         threads=threads,
         workers=workers,
+        queue=queue,
+        queue_timeout=queue_timeout,
         max_side=max_side,
         upload_mb=upload_mb,
         cache_mb=cache_mb,
+        allow_hosts=list(allow_host or []),
     )
     torch.set_num_threads(config.threads)
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
@@ -115,7 +137,7 @@ def app(
     try:
         server.serve_forever()
     finally:
-        dash_app.vessel_lens_state.jobs.shutdown(wait=5.0)
+        dash_app.vessel_lens_state.shutdown(wait=5.0)
     return 0
 
 
