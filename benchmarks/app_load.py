@@ -28,12 +28,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,68 +64,21 @@ def load_average() -> str:
         return "n/a"
 
 
-class AppProcess:
-    """``vessel-lens app`` in a child process; its memory read from /proc."""
+class AppProcess(testing.ServerProcess):
+    """``vessel-lens app`` in a child process, started with this benchmark's options."""
 
     def __init__(self, args: argparse.Namespace, checkpoint: str, log_path: Path):
-        command = [
-            *(sys.executable, "-m", "vessel_lens", "app", "--checkpoint", checkpoint),
+        options = [
+            *("--checkpoint", checkpoint),
             *(("--data", args.data) if args.data else ()),
-            *("--host", HOST, "--port", "0", "--device", args.device, "--no-debug"),
-            *("--cache-mb", str(args.cache_mb), "--workers", str(args.workers)),
-            *("--threads", str(args.threads)),
+            *("--device", args.device, "--cache-mb", str(args.cache_mb)),
+            *("--workers", str(args.workers), "--threads", str(args.threads)),
         ]
-        self.log_path = log_path
         arenas = {"MALLOC_ARENA_MAX": str(args.malloc_arenas)} if args.malloc_arenas else {}
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **arenas},
-        )
-        self.port = self._wait_for_port(args.start_timeout)
-
-    def _wait_for_port(self, timeout: float) -> int:
-        found: list[int] = []
-
-        def read() -> None:
-            for line in self.process.stdout:
-                match = re.search(rb"http://127\.0\.0\.1:(\d+)/", line)
-                if match:
-                    found.append(int(match[1]))
-                    break
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not found:
-            self.stop()
-            raise SystemExit(f"the app did not start; its log:\n{self.log()[-3000:]}")
-        return found[0]
-
-    def memory(self, field_name: str = "VmRSS") -> float | None:
-        """``VmRSS`` (or ``VmHWM``, the peak) of the server in MiB; None off Linux."""
         try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match[1]) / 1024 if match else None
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+            super().__init__(options, log_path, arenas, args.start_timeout)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
 
 
 @dataclass

@@ -32,7 +32,9 @@ HOVER_TO_PIXEL = """
 function(h1, h2, h3, c1, c2, c3, view, follow, current) {
     const NU = window.dash_clientside.no_update;
     const triggered = window.dash_clientside.callback_context.triggered;
-    const prop = triggered.length ? triggered[0].prop_id : "";
+    // a click arrives with the hover of the same mouse position: the click decides
+    const click = triggered.find(t => t.prop_id.endsWith(".clickData"));
+    const prop = click ? click.prop_id : (triggered.length ? triggered[0].prop_id : "");
     if (prop.startsWith("view-store")) {
         return (view && view.pixel) ? view.pixel : NU;
     }
@@ -324,10 +326,13 @@ def register_callbacks(app, state) -> None:
         Output("task-done", "data"),
         Input("task-poll", "n_intervals"),
         Input("task-cancel", "n_clicks"),
+        Input("task-retry", "n_clicks"),
         State("task-store", "data"),
         prevent_initial_call=True,
     )
-    def on_task(_ticks, _cancel, task_data):
+    def on_task(_ticks, _cancel, retries, task_data):
+        if ctx.triggered_id == "task-retry":  # the pixel callback runs the method again
+            return "", TASK_IDLE, CANCEL_HIDDEN, True, {"retry": retries}
         task_id = task_data.get("id") if isinstance(task_data, dict) else None
         if task_id is None:
             return no_update, TASK_IDLE, CANCEL_HIDDEN, True, no_update

@@ -256,12 +256,16 @@ def pixel_outputs(
             pending.append(missing)
     chosen = chosen_overlays(overlays)
     if pending:
+        task = submit_pending(state, pending)
+        if task.state == "done":  # finished already (a small view): show it
+            args = (model, compare, threshold, method, target, overlays, clip)
+            return pixel_outputs(state, view, point, *args, wait=True)
         field_box = state.receptive_box(model, view, row, col) if "field" in chosen else None
         return PixelOutputs(
             [],
             shapes=figures.marker_shapes(row, col, field_box),
             pixel={"row": row, "col": col, "view": view.as_dict()},
-            task=submit_pending(state, pending),
+            task=task,
         )
     outputs = PixelOutputs(analyses, pixel={"row": row, "col": col, "view": view.as_dict()})
     for i, analysis in enumerate(analyses):

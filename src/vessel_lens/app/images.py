@@ -148,8 +148,8 @@ def decoding_bytes(data: bytes, name: str) -> int:
                 values, itemsize = int(np.prod(page.shape)), page.dtype.itemsize
         else:
             with Image.open(io.BytesIO(data)) as image:
-                values = image.size[0] * image.size[1] * max(len(image.getbands()), 3)
-                itemsize = 4
+                channels = 4 if image.mode in ("P", "PA") else len(image.getbands())
+                values, itemsize = image.size[0] * image.size[1] * channels, 4
     except Exception:  # unreadable here means unreadable for the decoder: it says why
         return 2 * len(data)
     return 2 * len(data) + values * (itemsize + 8 + 4 + 4)

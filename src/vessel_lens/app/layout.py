@@ -64,12 +64,15 @@ CANCEL_SHOWN, CANCEL_HIDDEN = {"display": "inline-block"}, {"display": "none"}
 
 def task_bar() -> html.Div:
     """The line above the pixel's panels that says what a slow method is doing: a spinner,
-    "computing <method> … <seconds>", and its cancel button."""
+    "computing <method> … <seconds>" and a cancel button while it runs; why it stopped and
+    a button to try again when it was cancelled, refused or failed (shown by the style
+    sheet for the bar's state)."""
     return html.Div(
         [
             html.Span(className="spinner"),
             html.Span(id="task-status"),
             html.Button("cancel", id="task-cancel", n_clicks=0, style=CANCEL_HIDDEN),
+            html.Button("try again", id="task-retry", n_clicks=0),
         ],
         id="task-bar",
         className=TASK_IDLE,

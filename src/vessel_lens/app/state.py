@@ -163,6 +163,17 @@ class AppState:
         self._model_locks = {key: threading.Lock() for key in self.models}
         self._lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Load what the computations need before serving: each architecture's costs (its
+        probes also run the Jacobian code once) and Captum, so that the server's base memory
+        is reached at start-up and the budget covers what comes after."""
+        import importlib.util
+
+        for key in self.models:
+            self.costs(key)
+        if importlib.util.find_spec("captum") is not None:
+            import captum.attr  # noqa: F401
+
     def shutdown(self, wait: float = 0.0) -> None:
         """Stop the background work: cancel tasks, stop the queue and the global-max jobs."""
         self.tasks.shutdown()
@@ -443,7 +454,9 @@ class AppState:
                 needed = self.costs(model_key).rows(pixels, JOB_CHUNK, channels)
 
                 def chunk_guards():
-                    yield self.work.slot(needed, "a chunk of the global maximum", patient=True)
+                    yield self.work.slot(
+                        needed, "a chunk of the global maximum", background=True, patient=True
+                    )
                     if lock is not None:
                         yield lock
 
@@ -466,7 +479,7 @@ class AppState:
             method, view.height, view.width, channels, self.costs(model_key), self.work.budget
         )
         what = f"{method.replace('_', ' ')} on the {view.height}x{view.width} view"
-        with self.work.slot(run_plan.nbytes, what, cancel) as slot:
+        with self.work.slot(run_plan.nbytes, what, cancel, background=True) as slot:
             progress(0.0)
             with self.model_lock(model_key):
                 model = copy.deepcopy(entry.model)

@@ -57,7 +57,9 @@ class Task:
         if self.state == "waiting":
             return f"computing {self.label} … {seconds} (waiting for a free worker)"
         if self.state == "running":
-            return f"computing {self.label} … {seconds}, {100 * self.fraction:.0f} % of the batches"
+            return (
+                f"computing {self.label} … {seconds}, {int(100 * self.fraction)} % of the batches"
+            )
         if self.state == "done":
             return f"{self.label}: done in {seconds}"
         if self.state == "cancelled":

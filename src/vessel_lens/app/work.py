@@ -2,20 +2,26 @@
 
 Every computation the server runs — preparing a view (the recorded forward pass), a hovered
 pixel's backward pass, an attribution batch, a receptive field, an upload's decoding, a chunk
-of the global maximum — first asks :class:`WorkQueue` for a *slot*, stating the bytes it
-may use. The queue admits it when fewer than ``workers`` computations run and the bytes
-reserved by the running ones, plus the bytes the registered caches hold, plus its own, fit
-the budget; to make room it first drops the caches' least recently used entries. Requests
-are served in their order of arrival. At most ``max_waiting`` wait: the next one is refused
-at once (:class:`Busy`), and one that waited ``timeout`` seconds gives up (:class:`Busy`),
-each with a message for the page. A request larger than the whole budget is refused
-(:class:`OverBudget`).
+of the global maximum — first asks :class:`WorkQueue` for a *slot*, stating the bytes it may
+use. The queue admits it when fewer than ``workers`` computations run and the bytes reserved
+by the running ones, plus the bytes the registered caches hold, plus its own, fit the budget;
+to make room it first drops the caches' least recently used entries. A request larger than
+the whole budget is refused at once (:class:`OverBudget`).
 
-A long computation (an attribution) runs in batches and calls :meth:`Slot.pause` between
-them: if anyone is waiting, its worker goes to them and it queues again (keeping its
-memory, so it may pass requests still waiting for memory), which keeps hovers answered
-while integrated gradients runs. :meth:`Slot.pause` also raises :class:`Cancelled` once the
-computation's cancel event is set.
+Two kinds of request wait, each in order of arrival:
+
+- *interactive* ones (a page waits for the answer: hovers, views, uploads): at most
+  ``max_waiting`` wait; the next one is refused at once (:class:`Busy`);
+- *background* ones (steps of the page's slow tasks, bounded by their own task board) are
+  served after the interactive ones.
+
+Either gives up after ``timeout`` seconds of waiting (:class:`Busy`), with a message for the
+page. A long computation (an attribution) runs in batches and calls :meth:`Slot.pause`
+between them: while an interactive request waits, its worker goes to that request, and it
+then continues before any new background request (it keeps its reserved memory meanwhile).
+So hovers stay answered while integrated gradients runs, and slow tasks finish in the order
+they started. :meth:`Slot.pause` also raises :class:`Cancelled` once the computation's cancel
+event is set.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vessel_lens.errors import VesselLensError
@@ -55,9 +60,10 @@ def mib(nbytes: float) -> str:
 class _Ticket:
     nbytes: int
     what: str
+    background: bool = False
     resuming: bool = False
-    arrived: float = field(default_factory=time.monotonic)
     admitted: bool = False
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Slot:
@@ -76,7 +82,7 @@ class Slot:
             raise Cancelled(f"{self._ticket.what}: cancelled")
 
     def pause(self) -> None:
-        """Between two batches: let a waiting request run first, then continue."""
+        """Between two batches: let waiting interactive requests run first, then continue."""
         self.check()
         self._queue._yield_worker(self._ticket, self.cancel)
         self.check()
@@ -93,7 +99,7 @@ class WorkQueue:
         self.workers, self.budget = workers, int(budget)
         self.max_waiting, self.timeout = max_waiting, float(timeout)
         self._caches: list = []
-        self._waiting: deque[_Ticket] = deque()
+        self._waiting: list[_Ticket] = []
         self._running = 0
         self.reserved = 0
         self.peak_accounted = 0
@@ -117,14 +123,17 @@ class WorkQueue:
         return sum(cache.bytes for cache in self._caches)
 
     @property
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(1 for t in self._waiting if not t.resuming)
-
-    @property
     def running(self) -> int:
         with self._lock:
             return self._running
+
+    def waiting(self, background: bool = False) -> int:
+        """Requests waiting for their first admission (interactive or background ones)."""
+        with self._lock:
+            return self._count_waiting(background)
+
+    def _count_waiting(self, background: bool) -> int:
+        return sum(1 for t in self._waiting if not t.resuming and t.background == background)
 
     def _free(self) -> int:
         return self.budget - self.reserved - self.held()
@@ -152,21 +161,22 @@ class WorkQueue:
     # -- admission --------------------------------------------------------------------------
 
     def _head(self) -> _Ticket | None:
-        """The ticket to admit next, if any can start now (lock held).
-
-        New requests go in order of arrival; a resuming one (which holds its memory) may
-        pass a new request that is still waiting for memory."""
+        """The ticket to admit next, if one can start now (lock held): the first
+        interactive request, else the first resuming computation (it holds its memory),
+        else the first background request; a request waiting for memory is passed by no
+        later request that needs memory."""
         if self._running >= self.workers:
             return None
-        blocked = False
-        for ticket in self._waiting:
-            if ticket.resuming:
-                return ticket
-            if blocked:
-                continue
-            if self._make_room(ticket.nbytes):
-                return ticket
-            blocked = True
+        new = [t for t in self._waiting if not t.resuming]
+        interactive = [t for t in new if not t.background]
+        if interactive and self._make_room(interactive[0].nbytes):
+            return interactive[0]
+        resuming = next((t for t in self._waiting if t.resuming), None)
+        if resuming is not None:
+            return resuming
+        background = [t for t in new if t.background]
+        if not interactive and background and self._make_room(background[0].nbytes):
+            return background[0]
         return None
 
     def _admit_ready(self) -> None:
@@ -196,7 +206,7 @@ class WorkQueue:
                     raise Cancelled(f"{ticket.what}: cancelled")
                 self.timed_out += 1
                 raise Busy(
-                    f"{ticket.what}: waited {self.timeout:.0f} s for the server "
+                    f"{ticket.what}: waited {self.timeout:g} s for a free worker "
                     f"({self._running} running, {len(self._waiting)} waiting); try again"
                 )
             self._lock.wait(0.25 if remaining is None else min(remaining, 0.25))
@@ -207,25 +217,27 @@ class WorkQueue:
         nbytes: int,
         what: str,
         cancel: threading.Event | None = None,
+        background: bool = False,
         patient: bool = False,
     ) -> Iterator[Slot]:
         """Run the block as one computation of at most ``nbytes`` bytes (see the module).
 
-        ``patient``: a step of a job that is bounded by its own queue (a chunk of the global
-        maximum) is neither refused for a full queue nor timed out; it waits its turn."""
+        ``background``: a step of a slow task (not refused for a full queue: the task board
+        bounds those). ``patient``: never timed out either (a chunk of the global maximum,
+        whose job queue is bounded and shows its progress)."""
         nbytes = max(int(nbytes), 0)
         if nbytes > self.budget:
             raise OverBudget(
                 f"{what} needs about {mib(nbytes)}, more than the app's whole memory budget "
                 f"(--cache-mb {self.budget // MIB}); start the app with a larger --cache-mb"
             )
-        ticket = _Ticket(nbytes, what)
+        ticket = _Ticket(nbytes, what, background)
         with self._lock:
             if self.stopped:
                 raise Cancelled(f"{what}: the server is stopping")
-            queued = sum(1 for t in self._waiting if not t.resuming)
+            queued = self._count_waiting(False)
             idle = self._running < self.workers and not self._waiting
-            if not idle and not patient and queued >= self.max_waiting:
+            if not idle and not background and queued >= self.max_waiting:
                 self.refused += 1
                 raise Busy(
                     f"{what}: the server is busy ({self._running} running, {queued} waiting, "
@@ -242,7 +254,7 @@ class WorkQueue:
 
     def _yield_worker(self, ticket: _Ticket, cancel: threading.Event | None) -> None:
         with self._lock:
-            if not self._waiting:
+            if not self._count_waiting(False):
                 return
             self._running -= 1
             ticket.admitted, ticket.resuming = False, True
@@ -251,11 +263,6 @@ class WorkQueue:
             except Cancelled:
                 self._running += 1  # released again when the caller's ``slot`` block ends
                 raise
-
-    def run(self, nbytes: int, what: str, compute: Callable[[], object]) -> object:
-        """``compute()`` in a slot of ``nbytes`` bytes."""
-        with self.slot(nbytes, what):
-            return compute()
 
     def stop(self) -> None:
         """Refuse new work and wake every waiter (they raise :class:`Cancelled`)."""

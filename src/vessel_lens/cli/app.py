@@ -91,7 +91,7 @@ def app(
     import torch
 
     from vessel_lens.app import AppConfig, Server, create_app
-    from vessel_lens.app.server import limit_malloc_arenas
+    from vessel_lens.app.server import limit_malloc_arenas, map_large_allocations
 
     config = AppConfig(
         checkpoints=list(checkpoint or []),
@@ -113,6 +113,7 @@ def app(
     )
     torch.set_num_threads(config.threads)
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
+    map_large_allocations()  # and return large freed blocks at once
     if not config.debug:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover
     if not config.is_local:
