@@ -15,9 +15,15 @@ high-water mark) is compared with base + budget.
                       pixels, clicks one with integrated gradients and waits for it,
                       uploads a 1024x1024 PNG (the dataset's first image scaled up), opens it
                       (the budget decides how much of it is prepared) and hovers 20 pixels.
+``batches``           no server: ``--method`` on the first image's 256x256 view in this
+                      process with the app's allocator settings, timed ``--repeats`` times
+                      as the library runs it (one batch) and as the app plans it (batches
+                      that fit a quarter of ``--cache-mb``); prints both and their ratio
+                      (``--allocator glibc``: without the app's fixed mmap threshold).
 
     python benchmarks/app_budget.py                       # heavy, --cache-mb 1024, VessMAP
     python benchmarks/app_budget.py --scenario session
+    python benchmarks/app_budget.py --scenario batches
     python benchmarks/app_budget.py --checkpoint tiny.pt --data synth/ --cache-mb 64 --json r.json
 
 Exit status 1 when the peak exceeds base + budget, a request failed (HTTP status other than
@@ -125,6 +131,8 @@ class Client:
         answer = self.pixel(row, col, method, clicked=True)
         task = answer.get("task-store", {}).get("data")
         status = str(answer.get("task-status", {}).get("children", ""))
+        if method in json.dumps(answer.get("graph-gradient", {})):  # answered at once
+            return "done", status, time.monotonic() - started
         if not task:
             return ("refused" if "busy" in status else "failed"), status, 0.0
         self.values["task-store.data"] = task
@@ -261,16 +269,66 @@ class Sampler:
         self._thread.join()
 
 
+def batches(args) -> int:
+    """Time the method as the library runs it and as the app plans it (same process)."""
+    import statistics
+
+    import torch
+
+    from vessel_lens.app import batched
+    from vessel_lens.app.costs import measure_costs
+    from vessel_lens.app.server import limit_malloc_arenas, map_large_allocations
+    from vessel_lens.app.work import WorkQueue
+    from vessel_lens.data.source import open_dataset
+    from vessel_lens.interpret.attribution import attribute
+    from vessel_lens.models import load_model
+
+    limit_malloc_arenas(2)
+    mapped = args.allocator == "app" and map_large_allocations()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="app-budget-") as scratch:
+        model, _ = load_model(args.checkpoint or default_checkpoint(Path(scratch)), "cpu")
+    image = next(iter(open_dataset(args.data, require_labels=False).samples.values())).image
+    image = image[:, :256, :256]
+    side = int(image.shape[-1])
+    costs = measure_costs(model, int(image.shape[0]), torch.device("cpu"))
+    plan = batched.plan(args.method, side, side, 1, costs, args.cache_mb * 2**20)
+    queue = WorkQueue(1, args.cache_mb * 2**20)
+    target = (side // 2, side // 2)
+    times: dict[str, list[float]] = {"library": [], "app": []}
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        attribute(model, image, target, method=args.method)
+        times["library"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with queue.slot(plan.nbytes, args.method) as slot:
+            batched.run(plan, model, image, target, slot)
+        times["app"].append(time.perf_counter() - started)
+    library, app = (statistics.median(times[k]) for k in ("library", "app"))
+    print(
+        f"{args.method} on a {side}x{side} view, one torch thread, large allocations mapped: "
+        f"{mapped}; app plan {plan.options or plan.calls} ({plan.passes} passes, reserves "
+        f"{plan.nbytes / 2**20:.0f} MiB of --cache-mb {args.cache_mb})"
+    )
+    print(
+        f"median of {args.repeats}: library (one batch) {library:.1f} s, app (batches) "
+        f"{app:.1f} s, app / library {app / library:.2f}"
+    )
+    return 0
+
+
 def run(args, scratch: Path) -> dict:
     checkpoint = args.checkpoint or default_checkpoint(scratch)
     options = [
         *("--checkpoint", checkpoint, "--device", "cpu"),
         *(("--data", args.data) if args.data else ()),
         *("--cache-mb", str(args.cache_mb), "--workers", str(args.workers)),
-        *("--queue", str(args.queue), "--queue-timeout", str(args.queue_timeout)),
         *("--max-side", str(args.max_side)),
     ]
-    server = testing.ServerProcess(options, scratch / "server.log")
+    if args.before is None:
+        options += ["--queue", str(args.queue), "--queue-timeout", str(args.queue_timeout)]
+    env = {"PYTHONPATH": str(args.before)} if args.before else {}
+    server = testing.ServerProcess(options, scratch / "server.log", env)
     try:
         dependencies = get_json(server.port, testing.DEPENDENCIES)
         page = testing.layout_values(get_json(server.port, testing.LAYOUT))
@@ -347,13 +405,20 @@ def report(result: dict) -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("heavy", "session"), default="heavy")
+    parser.add_argument("--scenario", choices=("heavy", "session", "batches"), default="heavy")
     parser.add_argument("--checkpoint", help="default: vessmap-w16")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "vessmap"))
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--method", default="integrated_gradients")
     parser.add_argument("--hovers", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="timings (batches)")
+    parser.add_argument(
+        "--allocator",
+        choices=("app", "glibc"),
+        default="app",
+        help="batches: the app's allocator settings, or glibc's dynamic mmap threshold",
+    )
     parser.add_argument("--cache-mb", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--queue", type=int, default=8)
@@ -361,12 +426,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-side", type=int, default=1024, help="the command's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="the src/ folder of an earlier tree (git archive): serve that app instead, "
+        "without the options it did not have, for a measurement before the budget",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.scenario == "batches":
+        return batches(args)
     with tempfile.TemporaryDirectory(prefix="app-budget-") as scratch:
         result = run(args, Path(scratch))
     within = report(result)

@@ -249,6 +249,7 @@ def test_a_slow_method_shows_it_is_running_and_can_be_cancelled(page, app_server
         "stem => document.querySelector('#graph-input .gtitle')?.textContent.startsWith(stem)",
         arg=first["value"].split("/", 1)[1],
     )
+    page.get_by_text("hover", exact=True).click()  # a click then also moves the mouse there
     page.locator("#method").click()
     page.get_by_role("option", name=re.compile("^Integrated gradients")).click()
     x, y = pixel_position(page, "graph-input", 20, 21)

@@ -54,7 +54,7 @@ class AppConfig:
     attribution maps, uploads, receptive fields, loaded stores) and computes (reserved while
     it runs), on top of its base (code, models, dataset)."""
     uploads: int = 8
-    """Uploaded images kept in memory (at most 256 MiB of them)."""
+    """Uploaded images kept in memory (within a quarter of the memory budget, at most 256 MiB)."""
     seed: int = 0
     """Seed of the 'random init' comparison model."""
     allow_hosts: list[str] = field(default_factory=list)

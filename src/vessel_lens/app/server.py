@@ -207,13 +207,17 @@ def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
     """Serve every allocation of ``threshold`` bytes or more with its own pages, returned to
     the system when it is freed (glibc's ``M_MMAP_THRESHOLD``, fixed).
 
-    By default glibc raises that threshold up to 32 MiB as large blocks are freed, after which
-    the 1-30 MiB tensors of attribution batches and view preparations come from the heap and
-    stay resident after use: 20 concurrent integrated-gradients requests then peaked 1.2 GiB
-    above the server's base with ``--cache-mb 1024`` while the budget accounted for under
-    1 GiB; with the threshold fixed at 1 MiB, 0.94 GiB (``benchmarks/app_budget.py``). It
-    costs a hover about 2 ms (13.8 → 16.3 ms median, ``benchmarks/app_latency.py``). The
-    ``app`` command calls this before serving; False where glibc is not available.
+    By default glibc raises that threshold up to 32 MiB as large blocks are freed; the 1-30
+    MiB tensors of attribution batches and view preparations then come from the heap and stay
+    resident after use, beyond what the memory budget accounts for: 20 clients starting
+    integrated gradients at once peaked 1178 MiB above the server's base with ``--cache-mb
+    1024`` (1063 MiB even with attribution reservations 1.6 times larger); with the threshold
+    fixed at 1 MiB, 954 MiB (``benchmarks/app_budget.py``). The price is a page fault on every
+    large buffer: integrated gradients in batches of 3 takes as long as in one batch of 50
+    (about 19 s on a 256x256 view here) where glibc's default runs the batches in about 11 s,
+    and a hover about 2 ms more (``benchmarks/app_budget.py --scenario batches``,
+    ``benchmarks/app_latency.py``). The ``app`` command calls this before serving; False
+    where glibc is not available.
     """
     mallopt = getattr(_libc(), "mallopt", None)
     return bool(mallopt is not None and mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
