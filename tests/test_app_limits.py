@@ -191,6 +191,19 @@ def test_every_response_forbids_sniffing_and_framing(plain):
 # -- the queue: bounded, timed out, answered in the page -------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("queue", 0, "--queue 0: at least 1"),
+        ("queue_timeout", 0, r"--queue-timeout 0: must be in \(0, 3600\]"),
+        ("queue_timeout", 1e9, "--queue-timeout"),
+    ],
+)
+def test_queue_options_are_checked(files, option, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        AppConfig(checkpoints=[files.checkpoint], **{option: value})
+
+
 def test_a_full_queue_answers_busy_in_the_page(served):
     with Occupied(served.state, waiters=1):
         started = time.monotonic()

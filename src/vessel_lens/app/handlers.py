@@ -106,7 +106,9 @@ def handle_upload(state, contents: object, filename: object) -> tuple[list, str,
 
 def handle_view(state, image, mode, size, top, left, model, compare, pixel) -> dict:
     """Resolve the view, prepare the engines (so the first hover is fast) and place the pixel."""
-    view, note = state.view(image, mode, size, top, left)
+    shown = [model, compare] if isinstance(compare, str) and compare != NO_COMPARE else [model]
+    models = tuple(k for k in shown if isinstance(k, str) and k in state.models) or ("m0",)
+    view, note = state.view(image, mode, size, top, left, models)
     state.engine(model, view)
     state.receptive_field(model, view)
     if isinstance(compare, str) and compare != NO_COMPARE:

@@ -122,6 +122,12 @@ def app(
             "(and your CPU); there is no authentication",
             err=True,
         )
+        if not config.allow_hosts:
+            typer.echo(
+                f"note: requests that name this machine other than {config.host}, localhost "
+                "or 127.0.0.1 get 403; add --allow-host NAME for the name others use",
+                err=True,
+            )
     dash_app = create_app(config)
     if config.debug:
         typer.echo("warning: Dash debug mode is on; use it on your own machine only", err=True)
