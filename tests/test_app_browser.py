@@ -7,6 +7,8 @@ import csv
 import io
 import os
 import re
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -212,3 +214,71 @@ def test_comparison_with_a_random_initialisation(page):
     shown = wait_for_stat(page, "pixel count", r"^\d+$", table="#stats-b")
     assert "random init" in page.locator("#stats-b").inner_text()
     assert int(shown["pixel count"]) >= 0
+
+
+class HeldWorkers:
+    """Every worker of the app's queue busy with a long computation until the block ends."""
+
+    def __init__(self, state):
+        self.queue, self.release, self.threads = state.work, threading.Event(), []
+
+    def _hold(self) -> None:
+        with self.queue.slot(0, "a long computation", patient=True):
+            self.release.wait(WAIT_MS / 1000)
+
+    def __enter__(self) -> HeldWorkers:
+        for _ in range(self.queue.workers):
+            self.threads.append(threading.Thread(target=self._hold))
+            self.threads[-1].start()
+        deadline = time.monotonic() + 10
+        while self.queue.running < self.queue.workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def test_a_slow_method_shows_it_is_running_and_can_be_cancelled(page, app_server):
+    first = app_server.state.image_options()[0]
+    page.locator("#image").click()
+    page.get_by_role("option", name=first["label"]).click()
+    page.wait_for_function(
+        "stem => document.querySelector('#graph-input .gtitle')?.textContent.startsWith(stem)",
+        arg=first["value"].split("/", 1)[1],
+    )
+    page.get_by_text("hover", exact=True).click()  # a click then also moves the mouse there
+    page.locator("#method").click()
+    page.get_by_role("option", name=re.compile("^Integrated gradients")).click()
+    x, y = pixel_position(page, "graph-input", 20, 21)
+    with HeldWorkers(app_server.state):
+        page.mouse.click(x, y)
+        bar = page.locator("#task-bar")
+        bar.wait_for(state="visible")
+        assert "running" in bar.get_attribute("class")
+        assert page.locator("#task-bar .spinner").is_visible()
+        page.wait_for_function(
+            "() => /computing integrated gradients .* [1-9][0-9]* s/"
+            ".test(document.querySelector('#task-status').innerText)"
+        )  # the elapsed time counts up while it waits
+        assert "stale" in page.locator("#pixel-panels").get_attribute("class")
+        page.click("#task-cancel")
+        page.wait_for_function(
+            "() => /^integrated gradients( for 2 models)?: cancelled after/"
+            ".test(document.querySelector('#task-status').innerText)"
+        )
+        assert not page.locator("#task-cancel").is_visible()
+        assert "stale" in page.locator("#pixel-panels").get_attribute("class")
+    # the workers are free again: trying again computes it, and the result replaces the grey
+    page.click("#task-retry")
+    page.wait_for_function(
+        "() => (document.querySelector('#graph-gradient .gtitle')?.textContent || '')"
+        ".includes('integrated_gradients of pixel (20, 21)')"
+    )
+    page.wait_for_function(
+        "() => !document.querySelector('#pixel-panels').classList.contains('stale')"
+    )
+    assert not page.locator("#task-bar").is_visible()
+    assert page.locator("#message").inner_text() == ""

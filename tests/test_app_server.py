@@ -188,6 +188,8 @@ def test_cli_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--checkpoint", "--compare", "--data", "--erf", "--host", "--port", "--debug"):
         assert option in out
+    for option in ("--queue", "--queue-timeout", "--allow-host", "--cache-mb"):
+        assert option in out
     assert "127.0.0.1" in out
 
 

@@ -5,13 +5,21 @@ Jacobian engines and gradient maps is one of these: the least recently used entr
 once either bound is exceeded (an entry larger than the whole memory bound is returned but not
 kept). :meth:`LRUCache.get_or_create` builds a missing value once even when several requests
 ask for it at the same time.
+
+A cache may also count against the app's overall memory budget
+(:class:`~vessel_lens.app.work.WorkQueue`): the queue then drops the entries used least
+recently across all its caches to make room for new work. Entries in use by a long
+computation are *pinned* (:meth:`LRUCache.pinned`) and never dropped while pinned, so the
+bytes the caches report are the bytes they hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -72,6 +80,10 @@ class _Pending:
         self.error: BaseException | None = None
 
 
+_TICKS = itertools.count()
+"""One clock for every cache, so that the least recently used entry of several is known."""
+
+
 class LRUCache:
     """At most ``max_items`` entries and ``max_bytes`` bytes (as measured by ``size_of``)."""
 
@@ -87,11 +99,15 @@ class LRUCache:
         self.max_bytes = max_bytes
         self.size_of = size_of
         self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._used: dict[Hashable, int] = {}
+        self._pins: Counter = Counter()
         self._pending: dict[Hashable, _Pending] = {}
         self._lock = threading.Lock()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.on_put: Callable[[], None] | None = None
+        """Called after every insertion (outside the lock): the budget's chance to settle."""
 
     def __len__(self) -> int:
         return len(self._data)
@@ -111,9 +127,13 @@ class LRUCache:
             if entry is None:
                 self.misses += 1
                 return default
-            self._data.move_to_end(key)
+            self._touch(key)
             self.hits += 1
             return entry[0]
+
+    def _touch(self, key: Hashable) -> None:
+        self._data.move_to_end(key)
+        self._used[key] = next(_TICKS)
 
     def put(self, key: Hashable, value: Any) -> Any:
         size = int(self.size_of(value))
@@ -124,31 +144,76 @@ class LRUCache:
             if self.max_bytes is not None and size > self.max_bytes:
                 # kept alone rather than rebuilt on every use: the budget is exceeded by at
                 # most this one value, which is in memory while it is used anyway
-                self._data.clear()
-                self.bytes = 0
+                for other in [k for k in self._data if not self._pins[k]]:
+                    self._remove(other)
             self._data[key] = (value, size)
+            self._touch(key)
             self.bytes += size
             self._evict()
+        if self.on_put is not None:
+            self.on_put()
         return value
 
+    def _remove(self, key: Hashable) -> int:
+        _, size = self._data.pop(key)
+        self._used.pop(key, None)
+        self.bytes -= size
+        return size
+
     def _evict(self) -> None:
-        while len(self._data) > self.max_items or (
-            self.max_bytes is not None and self.bytes > self.max_bytes and len(self._data) > 1
-        ):
-            _, (_, size) = self._data.popitem(last=False)
-            self.bytes -= size
+        for key in list(self._data):
+            over_count = len(self._data) > self.max_items
+            over_bytes = self.max_bytes is not None and self.bytes > self.max_bytes
+            if not (over_count or over_bytes) or len(self._data) <= 1:
+                return
+            if not self._pins[key]:
+                self._remove(key)
+
+    def oldest(self) -> tuple[int, Hashable] | None:
+        """(last use, key) of the least recently used entry that is not pinned, or None."""
+        with self._lock:
+            for key in self._data:
+                if not self._pins[key]:
+                    return self._used[key], key
+        return None
+
+    def drop(self, key: Hashable) -> int:
+        """Drop an entry unless it is pinned; returns the bytes it held (0 if none)."""
+        with self._lock:
+            if key not in self._data or self._pins[key]:
+                return 0
+            return self._remove(key)
+
+    @contextlib.contextmanager
+    def pinned(self, key: Hashable, factory: Callable[[], Any]) -> Iterator[Any]:
+        """The value for ``key`` (built by ``factory`` if missing), kept in the cache while
+        the block runs: a long computation's input stays counted where it is held."""
+        value = self.get_or_create(key, factory)
+        with self._lock:
+            self._pins[key] += 1
+            missing = key not in self._data
+        try:
+            if missing:  # dropped between the build and the pin: count it again
+                self.put(key, value)
+            yield value
+        finally:
+            with self._lock:
+                self._pins[key] -= 1
+                if not self._pins[key]:
+                    del self._pins[key]
 
     def pop(self, key: Hashable) -> Any:
         with self._lock:
-            entry = self._data.pop(key, None)
-            if entry is None:
+            if key not in self._data:
                 return None
-            self.bytes -= entry[1]
-            return entry[0]
+            value = self._data[key][0]
+            self._remove(key)
+            return value
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._used.clear()
             self.bytes = 0
 
     def get_or_create(self, key: Hashable, factory: Callable[[], Any]) -> Any:
@@ -156,7 +221,7 @@ class LRUCache:
         with self._lock:
             entry = self._data.get(key)
             if entry is not None:
-                self._data.move_to_end(key)
+                self._touch(key)
                 self.hits += 1
                 return entry[0]
             self.misses += 1

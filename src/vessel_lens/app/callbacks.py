@@ -13,6 +13,15 @@ from dash import Input, Output, Patch, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
 from vessel_lens.app import figures, handlers
+from vessel_lens.app.layout import (
+    CANCEL_HIDDEN,
+    CANCEL_SHOWN,
+    PANELS_CURRENT,
+    PANELS_STALE,
+    TASK_IDLE,
+    TASK_PROBLEM,
+    TASK_RUNNING,
+)
 from vessel_lens.app.methods import get_method
 from vessel_lens.app.pixel import parse_threshold
 from vessel_lens.errors import VesselLensError
@@ -23,7 +32,9 @@ HOVER_TO_PIXEL = """
 function(h1, h2, h3, c1, c2, c3, view, follow, current) {
     const NU = window.dash_clientside.no_update;
     const triggered = window.dash_clientside.callback_context.triggered;
-    const prop = triggered.length ? triggered[0].prop_id : "";
+    // a click arrives with the hover of the same mouse position: the click decides
+    const click = triggered.find(t => t.prop_id.endsWith(".clickData"));
+    const prop = click ? click.prop_id : (triggered.length ? triggered[0].prop_id : "");
     if (prop.startsWith("view-store")) {
         return (view && view.pixel) ? view.pixel : NU;
     }
@@ -200,7 +211,14 @@ def register_callbacks(app, state) -> None:
         Output("compare-row", "style"),
         Output("graph-input", "figure", allow_duplicate=True),
         Output("message", "children"),
+        Output("pixel-panels", "className"),
+        Output("task-store", "data"),
+        Output("task-poll", "disabled"),
+        Output("task-status", "children"),
+        Output("task-bar", "className"),
+        Output("task-cancel", "style"),
     ]
+    task_outputs = 5  # the last five: which task, its polling, its line, bar and button
 
     @app.callback(
         *pixel_outputs,
@@ -212,9 +230,11 @@ def register_callbacks(app, state) -> None:
         Input("global-store", "data"),
         Input("overlays", "value"),
         Input("clip", "value"),
+        Input("task-done", "data"),
         State("view-store", "data"),
         State("model", "value"),
         State("compare", "value"),
+        State("task-store", "data"),
         prevent_initial_call=True,
     )
     def on_pixel(
@@ -226,18 +246,22 @@ def register_callbacks(app, state) -> None:
         _global,
         overlays,
         clip,
+        _done,
         view_data,
         model,
         compare,
+        task_data,
     ):
-        skip = [no_update] * (len(pixel_outputs) - 1)
+        skip = [no_update] * (len(pixel_outputs) - 2 - task_outputs)
+        previous = task_data.get("id") if isinstance(task_data, dict) else None
+        keep_task = [no_update] * task_outputs
         try:
             point = handlers.stored_point(pixel)
             if point is None or not isinstance(view_data, dict):
                 raise PreventUpdate
             view = handlers.view_from_data(state, view_data.get("view"))
             if not get_method(method).live and not pixel.get("clicked"):
-                return *skip, f"click a pixel to compute {method}"
+                return *skip, f"click a pixel to compute {method}", PANELS_STALE, *keep_task
             threshold = parse_threshold(_fraction(threshold_data), mode)
             result = handlers.pixel_outputs(
                 state,
@@ -250,13 +274,31 @@ def register_callbacks(app, state) -> None:
                 target,
                 overlays,
                 clip=isinstance(clip, list) and "clip" in clip,
+                wait=False,
             )
         except PreventUpdate:
             raise
         except Exception as exc:
-            return *skip, _message(exc)
+            return *skip, _message(exc), no_update, *keep_task
         shapes = Patch()
         shapes["layout"]["shapes"] = result.shapes
+        task = result.task
+        if previous is not None and (task is None or task.id != previous):
+            state.tasks.cancel(previous)  # this page has moved on from it
+        if task is not None:
+            running = task.state in ("waiting", "running")
+            skip_shapes = [no_update] * (len(pixel_outputs) - 3 - task_outputs)
+            return (
+                *skip_shapes,
+                shapes,
+                "",
+                PANELS_STALE,
+                {"id": task.id} if running else None,
+                not running,
+                task.status(),
+                TASK_RUNNING if running else TASK_PROBLEM,
+                CANCEL_SHOWN if running else CANCEL_HIDDEN,
+            )
         second = len(result.analyses) > 1
         return (
             result.gradient[0],
@@ -268,7 +310,42 @@ def register_callbacks(app, state) -> None:
             {"display": "grid"} if second else {"display": "none"},
             shapes,
             "",
+            PANELS_CURRENT,
+            None,
+            True,
+            "",
+            TASK_IDLE,
+            CANCEL_HIDDEN,
         )
+
+    @app.callback(
+        Output("task-status", "children", allow_duplicate=True),
+        Output("task-bar", "className", allow_duplicate=True),
+        Output("task-cancel", "style", allow_duplicate=True),
+        Output("task-poll", "disabled", allow_duplicate=True),
+        Output("task-done", "data"),
+        Input("task-poll", "n_intervals"),
+        Input("task-cancel", "n_clicks"),
+        Input("task-retry", "n_clicks"),
+        State("task-store", "data"),
+        prevent_initial_call=True,
+    )
+    def on_task(_ticks, _cancel, retries, task_data):
+        if ctx.triggered_id == "task-retry":  # the pixel callback runs the method again
+            return "", TASK_IDLE, CANCEL_HIDDEN, True, {"retry": retries}
+        task_id = task_data.get("id") if isinstance(task_data, dict) else None
+        if task_id is None:
+            return no_update, TASK_IDLE, CANCEL_HIDDEN, True, no_update
+        try:
+            cancel = ctx.triggered_id == "task-cancel"
+            status, text = handlers.task_status(state, task_id, cancel)
+        except Exception as exc:
+            return _message(exc), TASK_PROBLEM, CANCEL_HIDDEN, True, no_update
+        if status in ("waiting", "running"):
+            return text, TASK_RUNNING, CANCEL_SHOWN, False, no_update
+        if status == "done":  # the pixel callback now finds the maps in the cache
+            return "", TASK_IDLE, CANCEL_HIDDEN, True, {"id": task_id}
+        return text, TASK_PROBLEM, CANCEL_HIDDEN, True, no_update
 
     @app.callback(
         Output("download", "data"),
@@ -299,8 +376,13 @@ def register_callbacks(app, state) -> None:
             view = handlers.view_from_data(state, view_data.get("view"))
             threshold = parse_threshold(_fraction(threshold_data), mode)
             result = handlers.pixel_outputs(
-                state, view, point, model, compare, threshold, method, target, []
+                state, view, point, model, compare, threshold, method, target, [], wait=False
             )
+            if result.task is not None:
+                return (
+                    no_update,
+                    f"{result.task.label} is not computed yet: export when it is shown",
+                )
             return handlers.export_payload(kind, result.analyses, state, view), ""
         except Exception as exc:
             return no_update, _message(exc)

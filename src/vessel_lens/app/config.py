@@ -46,6 +46,10 @@ class AppConfig:
     workers: int = 2
     """Computations (backward passes, engine builds, attributions) run at the same time;
     further requests wait. Bounds CPU and transient memory under many users."""
+    queue: int = 8
+    """Computations that may wait for a worker; more are refused at once with a message."""
+    queue_timeout: float = 60.0
+    """Seconds a computation may wait for a worker before it gives up with a message."""
     max_side: int = 512
     """Largest side of the analysed view; larger images start as a crop."""
     upload_mb: float = 20.0
@@ -54,11 +58,16 @@ class AppConfig:
     """Prepared (checkpoint, view) pairs kept in memory (each holds one recorded forward
     pass: about 115 MB for a 256x256 image and the width-16 model)."""
     cache_mb: int = 1024
-    """Memory bound of the caches in MiB: 3/4 for prepared pairs, 1/4 for gradient maps."""
+    """Memory budget in MiB for everything the app holds (prepared views, gradient and
+    attribution maps, uploads, receptive fields, loaded stores) and computes (reserved while
+    it runs), on top of its base (code, models, dataset)."""
     uploads: int = 8
-    """Uploaded images kept in memory (at most 256 MiB of them)."""
+    """Uploaded images kept in memory (within a quarter of the memory budget, at most 256 MiB)."""
     seed: int = 0
     """Seed of the 'random init' comparison model."""
+    allow_hosts: list[str] = field(default_factory=list)
+    """Host names the app answers besides the bound address, localhost and 127.0.0.1 (a
+    Host header naming anything else gets 403: DNS rebinding); '*' answers any."""
 
     def __post_init__(self) -> None:
         check_model_options(None, self.model, self.model_args, self.weights, required=False)
@@ -81,6 +90,7 @@ class AppConfig:
             ("engines", 1),
             ("cache_mb", 64),
             ("uploads", 1),
+            ("queue", 1),
         ):
             if int(getattr(self, name)) < low:
                 raise ConfigError(
@@ -90,10 +100,20 @@ class AppConfig:
             raise ConfigError(f"--max-side {self.max_side}: must be between 16 and 4096")
         if not 0 < self.upload_mb <= 256:
             raise ConfigError(f"--upload-mb {self.upload_mb}: must be in (0, 256]")
+        if not 0 < self.queue_timeout <= 3600:
+            raise ConfigError(f"--queue-timeout {self.queue_timeout}: must be in (0, 3600] s")
+        self.allow_hosts = [str(h).strip().lower() for h in self.allow_hosts or []]
+        if any(not h or "/" in h or " " in h for h in self.allow_hosts):
+            raise ConfigError("--allow-host: give a host name such as lab-pc.local, or '*'")
 
     @property
     def upload_bytes(self) -> int:
         return int(self.upload_mb * 2**20)
+
+    @property
+    def allowed_hosts(self) -> set[str]:
+        """Host names (without port) the app answers; contains '*' when any is allowed."""
+        return {"localhost", "127.0.0.1", "::1", self.host.strip("[]").lower(), *self.allow_hosts}
 
     @property
     def is_local(self) -> bool:

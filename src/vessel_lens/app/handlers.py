@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, field
 
 from vessel_lens.app import figures
-from vessel_lens.app.images import View, as_int, decode_upload
+from vessel_lens.app.images import View, as_int
 from vessel_lens.app.layers import LayerContext, layers
 from vessel_lens.app.layout import MODE_HELP, stats_table
-from vessel_lens.app.methods import get_method
+from vessel_lens.app.methods import Pending, get_method
 from vessel_lens.app.pixel import (
     PixelAnalysis,
     Threshold,
@@ -26,6 +26,7 @@ from vessel_lens.app.pixel import (
     stats_rows,
     zoom_panel,
 )
+from vessel_lens.app.tasks import Task
 from vessel_lens.errors import ConfigError, VesselLensError
 
 NO_COMPARE = "none"
@@ -97,8 +98,7 @@ def view_from_data(state, data: object) -> View:
 
 def handle_upload(state, contents: object, filename: object) -> tuple[list, str, str]:
     """Decode and remember an upload: (image options, its key, message)."""
-    in_channels = state.models["m0"].in_channels
-    sample = decode_upload(contents, filename, state.config.upload_bytes, in_channels > 1)
+    sample = state.decode_upload(contents, filename)
     key = state.add_upload(sample)
     height, width = sample.size
     return state.image_options(), key, f"uploaded {sample.stem}: {height}x{width}"
@@ -106,7 +106,9 @@ def handle_upload(state, contents: object, filename: object) -> tuple[list, str,
 
 def handle_view(state, image, mode, size, top, left, model, compare, pixel) -> dict:
     """Resolve the view, prepare the engines (so the first hover is fast) and place the pixel."""
-    view, note = state.view(image, mode, size, top, left)
+    shown = [model, compare] if isinstance(compare, str) and compare != NO_COMPARE else [model]
+    models = tuple(k for k in shown if isinstance(k, str) and k in state.models) or ("m0",)
+    view, note = state.view(image, mode, size, top, left, models)
     state.engine(model, view)
     state.receptive_field(model, view)
     if isinstance(compare, str) and compare != NO_COMPARE:
@@ -214,6 +216,8 @@ class PixelOutputs:
     shapes: list[dict] = field(default_factory=list)
     pixel: dict | None = None
     message: str = ""
+    task: Task | None = None
+    """The background task computing the maps, when they are not ready yet."""
 
 
 def pixel_outputs(
@@ -227,8 +231,12 @@ def pixel_outputs(
     target: object,
     overlays: object,
     clip: bool = True,
+    wait: bool = True,
 ) -> PixelOutputs:
-    """Analyse the pixel for the model (and the comparison model) and build the panels."""
+    """Analyse the pixel for the model (and the comparison model) and build the panels.
+
+    A slow method's maps that are not cached yet are computed here when ``wait``; otherwise
+    one background task computes them and the result holds that task and no analyses."""
     row, col = point
     if not (0 <= row < view.height and 0 <= col < view.width):
         raise ConfigError(f"pixel ({row}, {col}) lies outside the {view.height}x{view.width} view")
@@ -240,9 +248,27 @@ def pixel_outputs(
     if isinstance(compare, str) and compare not in (NO_COMPARE, model):
         state.model(compare)
         keys.append(compare)
-    analyses = [
-        analyse_pixel(state, key, view, row, col, threshold, method, target) for key in keys
-    ]
+    analyses, pending = [], []
+    for key in keys:
+        try:
+            analyses.append(
+                analyse_pixel(state, key, view, row, col, threshold, method, target, wait)
+            )
+        except Pending as missing:
+            pending.append(missing)
+    chosen = chosen_overlays(overlays)
+    if pending:
+        task = submit_pending(state, pending)
+        if task.state == "done":  # finished already (a small view): show it
+            args = (model, compare, threshold, method, target, overlays, clip)
+            return pixel_outputs(state, view, point, *args, wait=True)
+        field_box = state.receptive_box(model, view, row, col) if "field" in chosen else None
+        return PixelOutputs(
+            [],
+            shapes=figures.marker_shapes(row, col, field_box),
+            pixel={"row": row, "col": col, "view": view.as_dict()},
+            task=task,
+        )
     outputs = PixelOutputs(analyses, pixel={"row": row, "col": col, "view": view.as_dict()})
     for i, analysis in enumerate(analyses):
         prefix = "" if len(analyses) == 1 else ("A: ", "B: ")[i]
@@ -250,7 +276,6 @@ def pixel_outputs(
         outputs.zoom.append(zoom_panel(analysis, prefix, clip))
         caption = f"{prefix}{analysis.model_label}"
         outputs.tables.append([caption, stats_table(stats_rows(analysis))])
-    chosen = chosen_overlays(overlays)
     first = analyses[0]
     outputs.shapes = figures.marker_shapes(
         row,
@@ -259,6 +284,25 @@ def pixel_outputs(
         first.bbox if "bbox" in chosen else None,
     )
     return outputs
+
+
+def submit_pending(state, pending: list[Pending]) -> Task:
+    """One background task computing every missing map (one per shown model) in turn."""
+    label = pending[0].label + (f" for {len(pending)} models" if len(pending) > 1 else "")
+
+    def run(task: Task) -> None:
+        for i, missing in enumerate(pending):
+            missing.run(task.cancel, lambda f, i=i: task.progress((i + f) / len(pending)))
+
+    return state.tasks.submit(tuple(m.key for m in pending), label, run)
+
+
+def task_status(state, task_id: object, cancel: bool = False) -> tuple[str, str]:
+    """(the task's state, its status line) for the page; ``cancel`` cancels it first."""
+    task = state.tasks.cancel(task_id) if cancel else state.tasks.get(task_id)
+    if task is None:
+        return "gone", "that computation is no longer known; click the pixel again"
+    return task.state, task.status()
 
 
 def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool, float | None]:

@@ -14,18 +14,18 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 import torch
 
+from vessel_lens.app.work import Cancelled
+from vessel_lens.errors import VesselLensError
 from vessel_lens.interpret.thresholds import gradient_magnitude
 
 log = logging.getLogger(__name__)
 
-
-class Cancelled(Exception):
-    """A job was cancelled (the server is shutting down)."""
+__all__ = ["Cancelled", "GlobalMaxJobs", "Job", "engine_global_max"]
 
 
 @dataclass
@@ -121,6 +121,9 @@ class GlobalMaxJobs:
             except Cancelled:
                 job.state, job.error = "failed", "cancelled"
                 return
+            except VesselLensError as exc:
+                job.state, job.error = "failed", str(exc)
+                continue
             except Exception as exc:
                 log.exception("global maximum of %s failed", job.key)
                 job.state, job.error = "failed", f"{type(exc).__name__}: {str(exc)[:160]}"
@@ -143,15 +146,16 @@ def engine_global_max(
     engine,
     progress: Callable[[int], None],
     chunk_size: int = 16,
-    guards: tuple = (),
+    guards: tuple | Callable[[], Iterable] = (),
 ) -> float:
     """Max over every output pixel's |g| (channels summed), one chunk of rows at a time,
-    each chunk computed while holding ``guards`` (locks or semaphores)."""
+    each chunk computed while holding ``guards`` (locks or semaphores, or a function giving
+    fresh context managers for each chunk, such as work-queue slots)."""
     flat = torch.arange(engine.height * engine.width)
     best = 0.0
     for start in range(0, len(flat), chunk_size):
         with contextlib.ExitStack() as stack:
-            for guard in guards:
+            for guard in guards() if callable(guards) else guards:
                 stack.enter_context(guard)
             rows = engine.rows(flat[start : start + chunk_size])
         best = max(best, float(gradient_magnitude(rows.float()).max()))

@@ -54,6 +54,31 @@ def stats_table(rows: list[tuple[str, str]]) -> html.Table:
     )
 
 
+TASK_POLL_MS = 500
+PANELS_CURRENT = "pixel-panels"
+PANELS_STALE = "pixel-panels stale"
+"""The pixel's panels, and the same greyed while they show an older result."""
+TASK_IDLE, TASK_RUNNING, TASK_PROBLEM = "task-bar", "task-bar running", "task-bar problem"
+CANCEL_SHOWN, CANCEL_HIDDEN = {"display": "inline-block"}, {"display": "none"}
+
+
+def task_bar() -> html.Div:
+    """The line above the pixel's panels that says what a slow method is doing: a spinner,
+    "computing <method> … <seconds>" and a cancel button while it runs; why it stopped and
+    a button to try again when it was cancelled, refused or failed (shown by the style
+    sheet for the bar's state)."""
+    return html.Div(
+        [
+            html.Span(className="spinner"),
+            html.Span(id="task-status"),
+            html.Button("cancel", id="task-cancel", n_clicks=0, style=CANCEL_HIDDEN),
+            html.Button("try again", id="task-retry", n_clicks=0),
+        ],
+        id="task-bar",
+        className=TASK_IDLE,
+    )
+
+
 def _marks() -> dict[float, str]:
     low, high = SLIDER_RANGE
     labels = {-5: "1e-5", -4: "1e-4", -3: "0.001", -2: "0.01", -1: "0.1", 0: "1"}
@@ -229,23 +254,30 @@ def build_layout(state, methods: dict, layers: dict) -> html.Div:
                 [_graph("graph-input"), _graph("graph-map"), _graph("graph-mask")],
                 className="row three",
             ),
+            task_bar(),
             html.Div(
                 [
-                    _graph("graph-gradient"),
-                    _graph("graph-zoom"),
-                    html.Div(id="stats", className="stats-box"),
+                    html.Div(
+                        [
+                            _graph("graph-gradient"),
+                            _graph("graph-zoom"),
+                            html.Div(id="stats", className="stats-box"),
+                        ],
+                        className="row three",
+                    ),
+                    html.Div(
+                        [
+                            _graph("graph-gradient-b"),
+                            _graph("graph-zoom-b"),
+                            html.Div(id="stats-b", className="stats-box"),
+                        ],
+                        id="compare-row",
+                        className="row three",
+                        style={"display": "none"},
+                    ),
                 ],
-                className="row three",
-            ),
-            html.Div(
-                [
-                    _graph("graph-gradient-b"),
-                    _graph("graph-zoom-b"),
-                    html.Div(id="stats-b", className="stats-box"),
-                ],
-                id="compare-row",
-                className="row three",
-                style={"display": "none"},
+                id="pixel-panels",
+                className=PANELS_CURRENT,
             ),
         ],
         className="panels",
@@ -256,5 +288,8 @@ def build_layout(state, methods: dict, layers: dict) -> html.Div:
         dcc.Store(id="threshold-store", data={"fraction": DEFAULT_FRACTION}),
         dcc.Store(id="global-store"),
         dcc.Interval(id="global-poll", interval=1000, disabled=True),
+        dcc.Store(id="task-store"),
+        dcc.Store(id="task-done"),
+        dcc.Interval(id="task-poll", interval=TASK_POLL_MS, disabled=True),
     ]
     return html.Div([controls, panels, *stores], className="page")

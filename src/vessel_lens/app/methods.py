@@ -4,8 +4,9 @@
 engine (one backward pass, cached) — is always there and fast enough to follow the mouse.
 The Captum methods of :mod:`vessel_lens.interpret.attribution` are added by
 :func:`discover_methods` when that module and Captum import; they cost from one to hundreds
-of passes, so they run on click only. Other code may add a method with
-:func:`register_method`.
+of passes, so they run on click only, in the background: until its map is in the cache, such a
+method raises :class:`Pending`, whose ``run`` computes it (batched and cancellable, see
+:mod:`vessel_lens.app.batched`). Other code may add a method with :func:`register_method`.
 
 Targets: the gradient explains one pixel; the Captum methods may also explain the vessel
 segment around the pixel (in the prediction or the label) or the false-positive /
@@ -34,13 +35,22 @@ TARGETS = {
 
 @dataclass(frozen=True)
 class Method:
-    """``compute(state, model_key, view, row, col, target)`` → ((C, H, W) map, description)."""
+    """``compute(state, model_key, view, row, col, target)`` → ((C, H, W) map, description),
+    or :class:`Pending` when the map still has to be computed."""
 
     name: str
     label: str
     live: bool
     compute: Callable[..., tuple[torch.Tensor, str]]
     targets: tuple[str, ...] = ("pixel",)
+
+
+class Pending(Exception):
+    """A slow map is not computed yet: ``run(cancel, progress)`` computes it into the cache."""
+
+    def __init__(self, key: tuple, label: str, run: Callable[..., None]):
+        super().__init__(label)
+        self.key, self.label, self.run = key, label, run
 
 
 _METHODS: dict[str, Method] = {}
@@ -90,18 +100,17 @@ def _target(state, model_key, view, row, col, kind):
 
 def _captum(name: str) -> Callable[..., tuple[torch.Tensor, str]]:
     def compute(state, model_key, view, row, col, target):
-        from vessel_lens.interpret.attribution import attribute
-
         chosen = _target(state, model_key, view, row, col, target)
         key = ("attribution", name, model_key, view, target, chosen.name)
-        image = view.crop(state.sample(view.key).image)
-        entry = state.model(model_key)
+        cached = state.gradients.get(key)
+        if cached is not None:
+            return cached, f"{name} of {chosen.name}"
 
-        def run():
-            with state.compute, state.model_lock(model_key):
-                return attribute(entry.model, image, chosen, method=name).float()
+        def run(cancel, progress):
+            values = state.attribution(name, model_key, view, chosen, cancel, progress)
+            state.gradients.put(key, values.float())
 
-        return state.gradients.get_or_create(key, run), f"{name} of {chosen.name}"
+        raise Pending(key, name.replace("_", " "), run)
 
     return compute
 

@@ -9,13 +9,14 @@ threshold itself for ``absolute``.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from vessel_lens.app import figures
 from vessel_lens.app.images import View
-from vessel_lens.app.methods import get_method
+from vessel_lens.app.methods import Pending, get_method
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret.thresholds import (
     THRESHOLD_MODES,
@@ -145,16 +146,25 @@ def analyse_pixel(
     threshold: Threshold,
     method: str = "gradient",
     target: str = "pixel",
+    wait: bool = True,
 ) -> PixelAnalysis:
     """Compute (or fetch from the caches) the map of ``method`` for pixel (row, col) of the
-    view, and threshold it."""
+    view, and threshold it. A slow method's map that is not cached yet is computed here when
+    ``wait``; otherwise :class:`~vessel_lens.app.methods.Pending` is raised (the page runs it
+    as a background task)."""
     entry = state.model(model_key)
     chosen = get_method(method)
     if target not in chosen.targets:
         raise ConfigError(f"method {method} explains only: {', '.join(chosen.targets)}")
     if not (0 <= row < view.height and 0 <= col < view.width):
         raise ConfigError(f"pixel ({row}, {col}) lies outside the {view.height}x{view.width} view")
-    values, description = chosen.compute(state, model_key, view, row, col, target)
+    try:
+        values, description = chosen.compute(state, model_key, view, row, col, target)
+    except Pending as pending:
+        if not wait:
+            raise
+        pending.run(threading.Event(), lambda _fraction: None)
+        values, description = chosen.compute(state, model_key, view, row, col, target)
     values = values.float()
     magnitude = gradient_magnitude(values)
     if method == "gradient":

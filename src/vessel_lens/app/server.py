@@ -7,6 +7,11 @@ Guards on the callback endpoint: request bodies are size-limited (the upload lim
 1 MiB: larger requests get 413); a body that is not a well-formed callback request for one of
 this app's callbacks gets 400 with a one-line reason, and so does any error Dash raises while
 unpacking one, because the callbacks themselves never raise.
+
+Guards on every request: a Host header that names neither the bound address, localhost,
+127.0.0.1 nor a name given with ``--allow-host`` gets 403 (a page on another site cannot
+reach the app through DNS rebinding), and every response says ``X-Content-Type-Options:
+nosniff``, ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,45 @@ def _names(item: dict) -> str:
     return f"{item.get('id')}.{str(item.get('property')).split('@')[0]}"
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: 'Example.org:8050' → 'example.org',
+    '[::1]:8050' → '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _guard_hosts(server, allowed: set[str]) -> None:
+    from flask import Response, request
+
+    def check_host():
+        name = host_name(request.host)
+        if "*" in allowed or name in allowed:
+            return None
+        log.warning("refused a request for host %r", name[:80])
+        text = (
+            f"host {name[:80]!r} is not served by this app; start it with --allow-host "
+            "NAME to serve it under another name\n"
+        )
+        return Response(text, status=403, mimetype="text/plain")
+
+    def add_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    server.before_request(check_host)
+    server.after_request(add_headers)
+
+
 def _guard_dispatch(app) -> None:
     from dash.exceptions import PreventUpdate
     from flask import jsonify, request
@@ -114,6 +158,7 @@ def create_app(config: AppConfig, state=None):
     from vessel_lens.app.state import AppState
 
     state = state or AppState(config)
+    state.warm_up()
     discover_methods()
     discover_layers()
     app = dash.Dash(
@@ -129,6 +174,7 @@ def create_app(config: AppConfig, state=None):
     register_callbacks(app, state)
     app.vessel_lens_state = state
     _guard_dispatch(app)
+    _guard_hosts(app.server, config.allowed_hosts)
     app.server.after_request(_MemoryReturner())
     return app
 
@@ -151,6 +197,30 @@ def limit_malloc_arenas(count: int = 2) -> bool:
     library = _libc()
     mallopt = getattr(library, "mallopt", None)
     return bool(mallopt is not None and mallopt(-8, int(count)))  # -8: M_ARENA_MAX
+
+
+MMAP_THRESHOLD = 2**20
+"""Allocations of at least this many bytes get pages of their own (see below)."""
+
+
+def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more with its own pages, returned to
+    the system when it is freed (glibc's ``M_MMAP_THRESHOLD``, fixed).
+
+    By default glibc raises that threshold up to 32 MiB as large blocks are freed; the 1-30
+    MiB tensors of attribution batches and view preparations then come from the heap and stay
+    resident after use, beyond what the memory budget accounts for: 20 clients starting
+    integrated gradients at once peaked 1178 MiB above the server's base with ``--cache-mb
+    1024`` (1063 MiB even with attribution reservations 1.6 times larger); with the threshold
+    fixed at 1 MiB, 954 MiB (``benchmarks/app_budget.py``). The price is a page fault on every
+    large buffer: integrated gradients in batches of 3 takes as long as in one batch of 50
+    (about 19 s on a 256x256 view here) where glibc's default runs the batches in about 11 s,
+    and a hover about 2 ms more (``benchmarks/app_budget.py --scenario batches``,
+    ``benchmarks/app_latency.py``). The ``app`` command calls this before serving; False
+    where glibc is not available.
+    """
+    mallopt = getattr(_libc(), "mallopt", None)
+    return bool(mallopt is not None and mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD
 
 
 class _MemoryReturner:
@@ -214,6 +284,6 @@ class Server:
         self._server.shutdown()
         state = getattr(self.app, "vessel_lens_state", None)
         if state is not None:
-            state.jobs.shutdown()
+            state.shutdown(wait=5.0)
         if self._thread is not None:
             self._thread.join(timeout=10)

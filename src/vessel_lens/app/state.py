@@ -2,9 +2,12 @@
 
 Each (model, view) pair gets one :class:`~vessel_lens.interpret.JacobianEngine`: its forward
 pass is recorded once, after which one output pixel's gradient map costs one windowed backward
-pass. Engines, gradient maps, uploads and receptive fields live in :class:`LRUCache` objects
-bounded by count and memory, so a long session or many users cannot grow the server without
-bound.
+pass. Engines, gradient maps, attribution maps, uploads, receptive fields and loaded stores
+live in :class:`LRUCache` objects bounded by count and memory, and every computation runs in a
+slot of the app's :class:`~vessel_lens.app.work.WorkQueue`, which keeps the bytes those caches
+hold plus the bytes the running computations reserve within ``--cache-mb`` (estimates from
+:mod:`vessel_lens.app.costs`). A view whose preparation would need more than half of that
+budget is not prepared: the page offers the largest crop that fits instead.
 """
 
 from __future__ import annotations
@@ -20,15 +23,21 @@ from torch import nn
 
 from vessel_lens.app.cache import LRUCache, held_bytes
 from vessel_lens.app.config import RANDOM_INIT, AppConfig
+from vessel_lens.app.costs import Costs, measure_costs
 from vessel_lens.app.images import View, resolve_view
 from vessel_lens.app.jobs import GlobalMaxJobs, Job, engine_global_max
 from vessel_lens.app.stores import MapIndex, StoredJacobian, StoredMaps, StoreIndex
+from vessel_lens.app.tasks import Tasks
+from vessel_lens.app.work import WorkQueue, mib
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError, DataError
 
 MIB = 2**20
 JOB_CHUNK = 16
 """Rows per backward pass of the global-maximum job: short, so hovers interleave."""
+VIEW_SHARE = 2
+"""Preparing one view may reserve at most 1 / VIEW_SHARE of the memory budget, so that a
+comparison model's view and the hovers' work fit beside it."""
 
 
 @dataclass
@@ -165,24 +174,88 @@ class AppState:
             self.compare_default = next(
                 (k for k, e in self.models.items() if e.spec == config.compare), None
             )
-        self.stores = StoreIndex(config.erf)
-        self.erf_maps = MapIndex(config.erf)
-        self.uploads = LRUCache(config.uploads, 256 * MIB)
         budget = config.cache_mb * MIB
-        self.engines = LRUCache(config.engines, budget * 3 // 4, size_of=engine_bytes)
+        self.work = WorkQueue(config.workers, budget, config.queue, config.queue_timeout)
+        self.stores = StoreIndex(config.erf, budget // VIEW_SHARE, admit=self.work.slot)
+        self.erf_maps = MapIndex(config.erf, budget // 4)
+        self.uploads = LRUCache(config.uploads, min(256 * MIB, budget // 4))
+        self.engines = LRUCache(config.engines, budget, size_of=engine_bytes)
         self.gradients = LRUCache(100_000, budget // 4)
-        self.fields = LRUCache(16)
+        self.fields = LRUCache(16, budget // 4, size_of=held_bytes)
         self.view_hashes = LRUCache(256)  # a fingerprint per view, not one per hover
+        self.work.account(
+            self.uploads,
+            self.engines,
+            self.gradients,
+            self.fields,
+            *self.stores.caches,
+            *self.erf_maps.caches,
+        )
         self.jobs = GlobalMaxJobs()
+        self.tasks = Tasks(config.workers + config.queue)
+        self._costs: dict[tuple, Costs] = {}
         self._engine_locks: dict[tuple, threading.Lock] = {}
         self._model_locks = {key: threading.Lock() for key in self.models}
-        self.compute = threading.BoundedSemaphore(config.workers)
         self._lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Load what the computations need before serving: each architecture's costs (its
+        probes also run the Jacobian code once) and Captum, so that the server's base memory
+        is reached at start-up and the budget covers what comes after."""
+        import importlib.util
+
+        for key in self.models:
+            self.costs(key)
+        if importlib.util.find_spec("captum") is not None:
+            import captum.attr  # noqa: F401
+
+    def shutdown(self, wait: float = 0.0) -> None:
+        """Stop the background work: cancel tasks, stop the queue and the global-max jobs."""
+        self.tasks.shutdown()
+        self.work.stop()
+        self.jobs.shutdown(wait=wait)
+        self.tasks.shutdown(wait=wait)
+
     def model_lock(self, model_key: str) -> threading.Lock:
-        """Held while a model's mode or hooks may change (engine builds, attributions)."""
+        """Held while a model's mode or hooks may change (engine builds, receptive fields,
+        copies for attributions); taken inside a work slot, never while waiting for one."""
         self.model(model_key)
         return self._model_locks[model_key]
+
+    def costs(self, model_key: str) -> Costs:
+        """The model's memory per view size (measured once per architecture)."""
+        entry = self.model(model_key)
+        key = (entry.name, repr(sorted(entry.kwargs.items())), entry.in_channels)
+        with self._lock:
+            known = self._costs.get(key)
+        if known is not None:
+            return known
+        probe = self.work.slot(self.work.budget // 4, "measuring the model's memory use")
+        with probe, self.model_lock(model_key):
+            costs = measure_costs(entry.model, entry.in_channels, self.device)
+        with self._lock:
+            return self._costs.setdefault(key, costs)
+
+    def largest_side(self, model_keys) -> int:
+        """The largest square view side that every one of these models may prepare."""
+        limit = self.work.budget // VIEW_SHARE
+        return min(self.costs(key).largest_side(limit) for key in model_keys)
+
+    def _check_view_fits(self, model_key: str, view: View) -> int:
+        """Bytes to reserve for preparing ``view`` with the model; ConfigError when that is
+        more than a view may take."""
+        pixels = view.height * view.width
+        needed = self.costs(model_key).build(pixels)
+        limit = self.work.budget // VIEW_SHARE
+        if needed > limit:
+            side = self.costs(model_key).largest_side(limit)
+            raise ConfigError(
+                f"a {view.height}x{view.width} view needs about {mib(needed)} to prepare with "
+                f"{self.model(model_key).label}; --cache-mb {self.config.cache_mb} allows "
+                f"{mib(limit)} per view: choose a crop of at most {side}x{side} or start the "
+                "app with a larger --cache-mb"
+            )
+        return needed
 
     def model(self, key: object) -> ModelEntry:
         if not isinstance(key, str) or key not in self.models:
@@ -224,6 +297,15 @@ class AppState:
     def _store_by_name(self, name: str) -> StoredJacobian | None:
         return next((s for s in self.stores.stores if s.name == name), None)
 
+    def decode_upload(self, contents: object, filename: object) -> Sample:
+        """An upload decoded in a work slot sized from its header (see ``decode_upload``)."""
+        from vessel_lens.app.images import decode_upload
+
+        in_channels = self.models["m0"].in_channels
+        return decode_upload(
+            contents, filename, self.config.upload_bytes, in_channels > 1, admit=self.work.slot
+        )
+
     def add_upload(self, sample: Sample) -> str:
         key = f"upload/{sample.stem}"
         self.uploads.put(key, sample)
@@ -241,10 +323,19 @@ class AppState:
             return stored[0].crop_box if stored else None
         return None
 
-    def view(self, key: object, mode: object, size=None, top=None, left=None) -> tuple[View, str]:
+    def view(
+        self, key: object, mode: object, size=None, top=None, left=None, models=("m0",)
+    ) -> tuple[View, str]:
+        """The view the page asked for, no larger than ``--max-side`` nor than the memory
+        budget lets the ``models`` prepare."""
         sample = self.sample(key)
+        limit, why = self.config.max_side, f"--max-side {self.config.max_side}"
+        fits = self.largest_side(models)
+        if fits < limit:
+            limit = max(fits, 1)
+            why = f"the {limit}x{limit} that --cache-mb {self.config.cache_mb} allows this model"
         return resolve_view(
-            str(key), sample.size, mode, size, top, left, self.config.max_side, self.stored_box(key)
+            str(key), sample.size, mode, size, top, left, limit, self.stored_box(key), why
         )
 
     def view_source(self, view: View) -> tuple[str, tuple[int, int, int, int]] | None:
@@ -283,6 +374,13 @@ class AppState:
         return self.erf_maps.match(*source, entry.weights_hash, self.view_hash(view))
 
     def engine(self, model_key: str, view: View):
+        return self.engines.get_or_create((model_key, view), self._engine_builder(model_key, view))
+
+    def pinned_engine(self, model_key: str, view: View):
+        """A context holding the view's engine in the cache (see :meth:`LRUCache.pinned`)."""
+        return self.engines.pinned((model_key, view), self._engine_builder(model_key, view))
+
+    def _engine_builder(self, model_key: str, view: View):
         from vessel_lens.interpret import JacobianEngine
 
         entry = self.model(model_key)
@@ -294,10 +392,12 @@ class AppState:
             )
 
         def build():
-            with self.compute, self.model_lock(model_key):
+            needed = self._check_view_fits(model_key, view)
+            slot = self.work.slot(needed, f"preparing the {view.height}x{view.width} view")
+            with slot, self.model_lock(model_key):
                 return JacobianEngine(entry.model, image.contiguous(), device=self.device)
 
-        return self.engines.get_or_create((model_key, view), build)
+        return build
 
     def probability(self, model_key: str, view: View) -> np.ndarray:
         """Vessel probability (H, W) of the view, from the engine's forward pass."""
@@ -324,11 +424,12 @@ class AppState:
             stored = self.stores.row(store, row, col)
             if stored is not None:
                 return self.gradients.put(key, (stored.cpu().clone(), "stored"))
-        engine = self.engine(model_key, view)
         flat = torch.tensor([row * view.width + col])
-        lock = self._engine_lock(model_key, view, engine)
-        with self.compute, lock or contextlib.nullcontext():
-            rows = engine.rows(flat)
+        with self.pinned_engine(model_key, view) as engine:
+            lock = self._engine_lock(model_key, view, engine)
+            needed = self.costs(model_key).rows(view.height * view.width, 1, engine.source_shape[0])
+            with self.work.slot(needed, "the pixel's gradient"), lock or contextlib.nullcontext():
+                rows = engine.rows(flat)
         return self.gradients.put(key, (rows[0].float().cpu().clone(), "computed"))
 
     def receptive_field(self, model_key: str, view: View):
@@ -339,8 +440,9 @@ class AppState:
         key = ("field", model_key, view.height, view.width)
 
         def build():
+            needed = self._check_view_fits(model_key, view)
             try:
-                with self.compute, self.model_lock(model_key):
+                with self.work.slot(needed, "the receptive field"), self.model_lock(model_key):
                     return receptive_field(
                         entry.model, (view.height, view.width), in_channels=entry.in_channels
                     )
@@ -380,11 +482,42 @@ class AppState:
             return self.jobs.submit(
                 (model_key, view), total, lambda progress: self.stores.global_max(store)
             )
-        engine = self.engine(model_key, view)
-        lock = self._engine_lock(model_key, view, engine)
-        guards = (self.compute,) if lock is None else (self.compute, lock)
-        return self.jobs.submit(
-            (model_key, view),
-            view.height * view.width,
-            lambda progress: engine_global_max(engine, progress, JOB_CHUNK, guards),
+        self.engine(model_key, view)  # a view too large is refused now, not in the job
+
+        def compute(progress):
+            with self.pinned_engine(model_key, view) as engine:
+                lock = self._engine_lock(model_key, view, engine)
+                pixels, channels = view.height * view.width, engine.source_shape[0]
+                needed = self.costs(model_key).rows(pixels, JOB_CHUNK, channels)
+
+                def chunk_guards():
+                    yield self.work.slot(
+                        needed, "a chunk of the global maximum", background=True, patient=True
+                    )
+                    if lock is not None:
+                        yield lock
+
+                return engine_global_max(engine, progress, JOB_CHUNK, chunk_guards)
+
+        return self.jobs.submit((model_key, view), view.height * view.width, compute)
+
+    def attribution(self, method: str, model_key: str, view: View, target, cancel, progress):
+        """Run a Captum method for ``target`` in the work queue (batched; stops when the
+        ``cancel`` event is set; ``progress(fraction)`` after each batch); returns the
+        (C, H, W) map."""
+        import copy
+
+        from vessel_lens.app import batched
+
+        entry = self.model(model_key)
+        image = view.crop(self.sample(view.key).image)
+        channels = int(image.shape[0])
+        run_plan = batched.plan(
+            method, view.height, view.width, channels, self.costs(model_key), self.work.budget
         )
+        what = f"{method.replace('_', ' ')} on the {view.height}x{view.width} view"
+        with self.work.slot(run_plan.nbytes, what, cancel, background=True) as slot:
+            progress(0.0)
+            with self.model_lock(model_key):
+                model = copy.deepcopy(entry.model)
+            return batched.run(run_plan, model, image, target, slot, progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +114,20 @@ class StoreIndex:
     """The stores found in one folder (each ``*.zarr`` child; unreadable ones are listed in
     ``problems`` and skipped)."""
 
-    def __init__(self, folder: Path | None, cache_bytes: int = 2 * IN_MEMORY_BYTES):
+    def __init__(
+        self,
+        folder: Path | None,
+        cache_bytes: int = 2 * IN_MEMORY_BYTES,
+        admit: Callable[[int, str], AbstractContextManager] | None = None,
+    ):
+        """``admit(bytes, what)``: a context reserving memory while a store is loaded (the
+        app's work queue); stores larger than ``cache_bytes`` are read lazily."""
         self.folder = folder
         self.stores: list[StoredJacobian] = []
         self.problems: list[str] = []
         self._loaded = LRUCache(4, cache_bytes)
+        self._in_memory = min(IN_MEMORY_BYTES, cache_bytes)
+        self._admit = admit
         self._max: dict[Path, float] = {}
         self._lock = threading.Lock()
         if folder is not None:
@@ -165,9 +175,16 @@ class StoreIndex:
 
     def _load(self, store: StoredJacobian) -> _Loaded:
         def load() -> _Loaded:
+            needed = store.row_bytes if self.in_memory(store) else 0
+            if self._admit is None:
+                return read()
+            with self._admit(needed + 16 * 2**20, f"loading store {store.name}"):
+                return read()
+
+        def read() -> _Loaded:
             from vessel_lens.interpret.store import load_jacobian
 
-            rows, meta = load_jacobian(store.path, lazy=store.row_bytes > IN_MEMORY_BYTES)
+            rows, meta = load_jacobian(store.path, lazy=not self.in_memory(store))
             height, width = store.crop_box[2], store.crop_box[3]
             pixels = meta["pixels"]
             lookup = torch.full((height * width,), -1, dtype=torch.long)
@@ -189,8 +206,13 @@ class StoreIndex:
         index = int(loaded.lookup[row * store.crop_box[3] + col])
         return None if index < 0 else loaded.rows[index].float()
 
+    @property
+    def caches(self) -> tuple[LRUCache, ...]:
+        """The caches holding loaded stores (to count them in the app's memory budget)."""
+        return (self._loaded,)
+
     def in_memory(self, store: StoredJacobian) -> bool:
-        return store.row_bytes <= IN_MEMORY_BYTES
+        return store.row_bytes <= self._in_memory
 
     def global_max(self, store: StoredJacobian) -> float | None:
         """Max |g| (channels summed) over the whole stored Jacobian; None unless it is full."""
@@ -299,6 +321,11 @@ class MapIndex:
         """The map file of this image and crop, computed with these weights (and, when
         ``image_hash`` is given, from these pixel values)."""
         return _first_match(self.maps, stem, box, weights_hash, image_hash)
+
+    @property
+    def caches(self) -> tuple[LRUCache, ...]:
+        """The cache holding loaded map files (to count it in the app's memory budget)."""
+        return (self._loaded,)
 
     def load(self, entry: StoredMaps):
         """The file's :class:`~vessel_lens.interpret.ReceptiveFieldMaps` (cached);

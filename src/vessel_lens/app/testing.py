@@ -4,13 +4,21 @@ The page talks to the server through ``POST /_dash-update-component``: a JSON bo
 callback's outputs and the current value of each of its inputs and states. These helpers build
 such bodies from the app's own ``/_dash-dependencies`` (with the page's initial values from
 ``/_dash-layout``), so tests and benchmarks can drive the app without a browser, and they list
-malformed bodies the server must refuse with 400. Nothing here imports Dash.
+malformed bodies the server must refuse with 400. :class:`ServerProcess` runs ``vessel-lens
+app`` in a child process whose memory can be read. Nothing here imports Dash.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 CHROMIUM_ARGS = (
     "--headless",
@@ -220,10 +228,79 @@ def bad_pixel_values(view_data: dict) -> list[tuple[str, dict[str, object]]]:
     ]
 
 
+class ServerProcess:
+    """``python -m vessel_lens app ARGS --host 127.0.0.1 --port 0`` in a child process.
+
+    ``port`` is read from the line the app prints when it listens; ``memory()`` reads the
+    child's resident set (or its peak, ``VmHWM``) from ``/proc``. The log goes to
+    ``log_path``."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 180.0,
+    ):
+        command = [sys.executable, "-m", "vessel_lens", "app", *args]
+        command += ["--host", "127.0.0.1", "--port", "0", "--no-debug"]
+        self.log_path = Path(log_path)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.port = self._wait_for_port(start_timeout)
+
+    def _wait_for_port(self, timeout: float) -> int:
+        found: list[int] = []
+
+        def read() -> None:
+            for line in self.process.stdout:
+                match = re.search(rb"http://127\.0\.0\.1:(\d+)/", line)
+                if match:
+                    found.append(int(match[1]))
+                    break
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"the app did not start; its log:\n{self.log()[-3000:]}")
+        return found[0]
+
+    def memory(self, field_name: str = "VmRSS") -> float | None:
+        """``VmRSS`` (or ``VmHWM``, the peak) of the server in MiB; None off Linux."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
+        return int(match[1]) / 1024 if match else None
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 __all__ = [
     "DEPENDENCIES",
     "LAYOUT",
     "UPDATE",
+    "ServerProcess",
     "bad_pixel_values",
     "callback_request",
     "callback_spec",

@@ -66,6 +66,17 @@ def app(
         int,
         typer.Option(help="Computations run at the same time; more requests wait their turn."),
     ] = 2,
+    queue: Annotated[
+        int,
+        typer.Option(
+            help="Computations that may wait for a worker; more are refused at once with a "
+            "message in the page."
+        ),
+    ] = 8,
+    queue_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a computation may wait for a worker before it gives up."),
+    ] = 60.0,
     max_side: Annotated[
         int, typer.Option(help="Largest analysed side; larger images open as a centred crop.")
     ] = 512,
@@ -73,10 +84,18 @@ def app(
     cache_mb: Annotated[
         int,
         typer.Option(
-            help="Memory for prepared images and gradient maps in MiB (least recently used "
-            "ones are dropped)."
+            help="Memory budget in MiB for everything the app holds and computes (prepared "
+            "views, maps, uploads, running computations) beyond its base; least recently "
+            "used results are dropped to make room."
         ),
     ] = 1024,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host name to answer besides the bound address, localhost and 127.0.0.1 "
+            "(others get 403); repeat for several, '*' for any."
+        ),
+    ] = None,
 ) -> int:
     """Explore any pixel's gradient live: hover a pixel to see what the network looked at."""
     if importlib.util.find_spec("dash") is None:
@@ -84,7 +103,7 @@ def app(
     import torch
 
     from vessel_lens.app import AppConfig, Server, create_app
-    from vessel_lens.app.server import limit_malloc_arenas
+    from vessel_lens.app.server import limit_malloc_arenas, map_large_allocations
     from vessel_lens.models.source import parse_model_args
 
     config = AppConfig(
@@ -101,12 +120,16 @@ def app(
         device=device,
         threads=threads,
         workers=workers,
+        queue=queue,
+        queue_timeout=queue_timeout,
         max_side=max_side,
         upload_mb=upload_mb,
         cache_mb=cache_mb,
+        allow_hosts=list(allow_host or []),
     )
     torch.set_num_threads(config.threads)
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
+    map_large_allocations()  # and return large freed blocks at once
     if not config.debug:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover
     if not config.is_local:
@@ -115,6 +138,12 @@ def app(
             "(and your CPU); there is no authentication",
             err=True,
         )
+        if not config.allow_hosts:
+            typer.echo(
+                f"note: requests that name this machine other than {config.host}, localhost "
+                "or 127.0.0.1 get 403; add --allow-host NAME for the name others use",
+                err=True,
+            )
     dash_app = create_app(config)
     if config.debug:
         typer.echo("warning: Dash debug mode is on; use it on your own machine only", err=True)
@@ -131,7 +160,7 @@ def app(
     try:
         server.serve_forever()
     finally:
-        dash_app.vessel_lens_state.jobs.shutdown(wait=5.0)
+        dash_app.vessel_lens_state.shutdown(wait=5.0)
     return 0
 
 
