@@ -48,7 +48,12 @@ def app(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     threads: Annotated[
-        int, typer.Option(help="Torch threads per request (1 is fastest on a busy CPU).")
+        int,
+        typer.Option(
+            help="Torch threads each computation (a request's backward pass, image "
+            "preparation, attribution) uses; up to --workers of them run at once. 1 keeps "
+            "hovers fast on a busy CPU. The number is printed with the cores and the load."
+        ),
     ] = 1,
     workers: Annotated[
         int,
@@ -89,7 +94,11 @@ def app(
         upload_mb=upload_mb,
         cache_mb=cache_mb,
     )
+    from vessel_lens.threads import choose_threads
+
+    # for the server's whole life: set once, before any request thread starts
     torch.set_num_threads(config.threads)
+    typer.echo(choose_threads(config.threads).describe(" per request"), err=True)
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
     if not config.debug:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import parse_floats, split_values
+from vessel_lens.cli._common import (
+    CropBoxOption,
+    ThreadsOption,
+    command_threads,
+    parse_crop_options,
+    parse_floats,
+    split_values,
+)
 from vessel_lens.errors import ConfigError
 
 
@@ -84,6 +91,8 @@ def erf(
         typer.Option(help="Rows (or coloured passes) per batch (default: sized to memory)."),
     ] = None,
     figures: Annotated[bool, typer.Option(help="Write a PNG of each image's maps.")] = True,
+    crop_box: CropBoxOption = None,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -104,6 +113,7 @@ def erf(
 
     if full and crop is not None:
         raise ConfigError("--crop and --full exclude each other")
+    box = parse_crop_options(crop, crop_box, full)
     if from_jacobian is not None:
         given = [
             name
@@ -111,6 +121,7 @@ def erf(
                 ("--checkpoint", checkpoint),
                 ("--data", data),
                 ("--crop", crop),
+                ("--crop-box", crop_box),
                 ("--full", full or None),
                 ("--strategy", None if strategy == "auto" else strategy),
                 ("--pixel-stride", None if pixel_stride == 1 else pixel_stride),
@@ -131,7 +142,7 @@ def erf(
         from_jacobian=from_jacobian,
         data=data,
         split=split,
-        crop=0 if full else (64 if crop is None else crop),
+        crop=0 if full else crop,
         images=split_values(images),
         fractions=parse_floats(fractions, "--fractions"),
         mode=mode,
@@ -145,11 +156,14 @@ def erf(
         colouring=colouring,
         chunk_rows=chunk_rows,
         figures=figures,
+        crop_box=box,
+        threads=threads,
         overwrite=overwrite,
         progress=progress,
     )
     try:
-        result = run_erf(config)
+        with command_threads(threads):
+            result = run_erf(config)
     finally:
         shutdown_distributed()
     if result.is_main:

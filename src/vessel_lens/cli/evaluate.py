@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vessel_lens.cli._common import DEFAULT_OVERLAP, DEFAULT_TILE, OverlapOption, TileOption
+from vessel_lens.cli._common import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    OverlapOption,
+    ThreadsOption,
+    TileOption,
+    command_threads,
+)
 
 CHECKPOINT_HELP = "Checkpoint file, run folder (uses best.pt) or shipped name (vessmap-w16)."
 
@@ -28,6 +35,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier evaluation in --out.")
     ] = False,
@@ -58,7 +66,10 @@ def evaluate(
     written = ("metrics.json", "per_image.csv", *(("panels",) if panels else ()))
     masked = all(s.mask is not None for s in samples)
     # held, and shown to be writable, before anything is computed
-    with claim_output(out, "evaluate", replaces=written, overwrite=overwrite):
+    with (
+        claim_output(out, "evaluate", replaces=written, overwrite=overwrite),
+        command_threads(threads),
+    ):
         result = evaluate_model(
             model,
             samples,
@@ -116,6 +127,7 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""
@@ -127,17 +139,18 @@ def predict(
     check_tiling(tile, overlap)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, dev)
-    written = predict_folder(
-        model,
-        images,
-        out,
-        model_channels(ckpt),
-        dev,
-        threshold,
-        overwrite,
-        tile=tile,
-        overlap=overlap,
-    )
+    with command_threads(threads):
+        written = predict_folder(
+            model,
+            images,
+            out,
+            model_channels(ckpt),
+            dev,
+            threshold,
+            overwrite,
+            tile=tile,
+            overlap=overlap,
+        )
     typer.echo(f"wrote {len(written)} files to {out}")
     return 0
 

@@ -64,8 +64,9 @@ class ErfConfig:
     """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
     split: str = "test"
     """Split whose images to use (train, val, test or all)."""
-    crop: int = 64
-    """Side of the centred square crop of each image; 0 for whole images."""
+    crop: int | None = None
+    """Side of the centred square crop of each image; 0 for whole images (default 64 unless
+    ``crop_box`` is given)."""
     images: list[str] = field(default_factory=list)
     """Only these image stems (default: every image of the split, or every store)."""
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
@@ -92,6 +93,11 @@ class ErfConfig:
     """Rows (or coloured passes) per batch (default: sized to memory)."""
     figures: bool = True
     """Write a PNG of each image's maps."""
+    crop_box: tuple[int, int, int, int] | None = None
+    """Crop (top, left, height, width) of each image instead of the centred square
+    (``--crop-box TOP,LEFT,H,W``); it must lie inside every image."""
+    threads: int = 0
+    """CPU threads for torch; 0 chooses (:func:`vessel_lens.threads.choose_threads`)."""
     overwrite: bool = False
     """Replace map files made with other settings, and recompute finished images."""
     progress: bool = True
@@ -107,6 +113,10 @@ class ErfConfig:
             self.from_jacobian = Path(self.from_jacobian)
             if not self.from_jacobian.is_dir():
                 raise ConfigError(f"--from-jacobian {self.from_jacobian}: not a folder")
+            if self.crop_box is not None:
+                raise ConfigError(
+                    "--from-jacobian uses the stores' own rows: --crop-box does not apply"
+                )
         self.fractions, self.mass_fractions = check_options(
             self.fractions, self.mode, self.channels, self.mass_fractions, None
         )
@@ -162,9 +172,10 @@ def run_erf(config: ErfConfig) -> ErfResult:
     from vessel_lens.devices import resolve_device
     from vessel_lens.distributed import init_distributed
     from vessel_lens.outputs import claim_output
+    from vessel_lens.threads import torch_threads
 
     ctx = init_distributed(resolve_device(config.device))
-    with claim_output(config.out, "erf", group=ctx):
+    with torch_threads(config.threads), claim_output(config.out, "erf", group=ctx):
         return _run(config, ctx)
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vessel_lens.data.crops import CropBox, crop_to_box, parse_crop_box
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._inputs import frozen_eval
@@ -161,8 +162,13 @@ def choose_pixels(
     return chosen
 
 
-def crop_sample(sample: Sample, crop: int) -> Sample:
-    """The centred ``crop`` x ``crop`` part of a sample (the sample itself for 0)."""
+def crop_sample(sample: Sample, crop: int = 0, box: CropBox | None = None) -> Sample:
+    """The ``box`` (top, left, height, width) part of a sample, or its centred ``crop`` x
+    ``crop`` part; the sample itself for neither. The two exclude each other."""
+    if box is not None:
+        if crop:
+            raise ConfigError("--crop and --crop-box exclude each other")
+        return crop_to_box(sample, parse_crop_box(box))
     if crop == 0:
         return sample
     height, width = sample.size
@@ -171,19 +177,7 @@ def crop_sample(sample: Sample, crop: int) -> Sample:
             f"--crop {crop}: must be 0 or between 16 and the image size "
             f"({sample.stem} is {height}x{width})"
         )
-    top, left = (height - crop) // 2, (width - crop) // 2
-
-    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor[..., top : top + crop, left : left + crop].clone()
-
-    return Sample(
-        sample.stem,
-        cut(sample.image),
-        cut(sample.label),
-        cut(sample.skeleton),
-        sample.image_path,
-        cut(sample.mask),
-    )
+    return crop_to_box(sample, ((height - crop) // 2, (width - crop) // 2, crop, crop))
 
 
 def _pixels_for(
