@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from vessel_lens import threads as threads_module
 from vessel_lens.cli import main
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.models import create_model, save_checkpoint
-from vessel_lens.threads import ThreadChoice, choose_threads, torch_threads
+from vessel_lens.threads import ThreadChoice, choose_threads, torch_threads, work_starts
 
 
 def fake_machine(monkeypatch, cores: int, load: float | None, machine: int | None = None):
@@ -81,6 +82,26 @@ def test_negative_threads_are_refused_in_one_line(bad):
         choose_threads(bad)
 
 
+def test_the_choice_is_said_once_where_work_starts_or_at_a_clean_end(monkeypatch):
+    fake_machine(monkeypatch, 2, 1.9)
+    said: list[ThreadChoice] = []
+    with torch_threads(0, announce=said.append):
+        assert said == []
+        with torch_threads(0):  # a library call inside: keeps the choice
+            work_starts()
+            work_starts()
+        assert said == [ThreadChoice(1, 2, 1.9)]
+    assert len(said) == 1
+    with torch_threads(2, announce=said.append):  # nothing to compute: said at the end
+        pass
+    assert said[1].threads == 2 and said[1].given
+    with pytest.raises(ConfigError), torch_threads(0, announce=said.append):
+        raise ConfigError("refused input")  # before the work: the error stays alone
+    assert len(said) == 2
+    work_starts()  # outside any block: nothing to say
+    assert len(said) == 2
+
+
 def test_torch_threads_applies_and_restores_and_nested_zero_keeps_the_choice(monkeypatch):
     fake_machine(monkeypatch, 4, 1.0)
     before = torch.get_num_threads()
@@ -125,7 +146,8 @@ def _seen(record):
 
 
 def _commands(checkpoint, data, root):
-    """(command line, attribute replaced by the stand-in) for every command that computes."""
+    """(command line, the first step of its computation, replaced by the stand-in) for every
+    command that computes."""
     ckpt, data = str(checkpoint), str(data)
     return {
         "train": (
@@ -136,31 +158,31 @@ def _commands(checkpoint, data, root):
         "evaluate": (
             ["evaluate", "--checkpoint", ckpt, "--data", data, "--out", str(root / "ev"),
              "--device", "cpu"],
-            "vessel_lens.training.evaluate.evaluate_model",
+            "vessel_lens.training.evaluate.vessel_probability",
         ),
         "predict": (
             ["predict", "--checkpoint", ckpt, "--images", str(root / "dataset" / "images"),
              "--out", str(root / "pred"), "--device", "cpu"],
-            "vessel_lens.training.predict.predict_folder",
+            "vessel_lens.training.predict.vessel_probability",
         ),
         "jacobian": (
             ["jacobian", "--checkpoint", ckpt, "--data", data, "--crop", "16", "--out",
              str(root / "grads"), "--device", "cpu", "--no-progress"],
-            "vessel_lens.interpret.extract._extract",
+            "vessel_lens.interpret.extract.fill",
         ),
         "erf": (
             ["erf", "--checkpoint", ckpt, "--data", data, "--crop", "16", "--out",
              str(root / "erf"), "--device", "cpu", "--no-progress"],
-            "vessel_lens.interpret.erf_run._run",
+            "vessel_lens.interpret.erf_run._compute",
         ),
         "report": (
             ["report", "--checkpoint", ckpt, "--data", data, "--out", str(root / "report"),
              "--device", "cpu", "--no-progress"],
-            "vessel_lens.viz.report.write_report",
+            "vessel_lens.viz.report._image_part",
         ),
         "demo": (
             ["demo", "--out", str(root / "demo"), "--device", "cpu", "--no-progress"],
-            "vessel_lens.demo._run_demo",
+            "vessel_lens.demo.write_synthetic_dataset",
         ),
     }  # fmt: skip
 
@@ -260,15 +282,57 @@ def test_library_calls_choose_and_restore(tiny, monkeypatch):
 
 
 def test_the_app_prints_its_per_request_threads(tiny, monkeypatch, capsys):
+    """The app sets its threads for the server's life and says so once it listens."""
     pytest.importorskip("dash")
     fake_machine(monkeypatch, 2, 1.9)
     checkpoint, _data, _root = tiny
     record: list[int] = []
-    monkeypatch.setattr("vessel_lens.app.create_app", _seen(record))
+    state = SimpleNamespace(jobs=SimpleNamespace(shutdown=lambda wait: None))
+    monkeypatch.setattr(
+        "vessel_lens.app.create_app", lambda config: SimpleNamespace(vessel_lens_state=state)
+    )
+    monkeypatch.setattr("vessel_lens.app.server.limit_malloc_arenas", lambda arenas: None)
+
+    class Listening:
+        url = "http://127.0.0.1:1"
+
+        def __init__(self, app, host, port):
+            pass
+
+        def serve_forever(self):
+            record.append(torch.get_num_threads())
+
+    monkeypatch.setattr("vessel_lens.app.Server", Listening)
     before = torch.get_num_threads()
     try:
-        assert main(["app", "--checkpoint", str(checkpoint), "--threads", "2"]) == 2
+        assert main(["app", "--checkpoint", str(checkpoint), "--threads", "2"]) == 0
     finally:
         torch.set_num_threads(before)  # the app sets them for the server's life
     assert record == [2]
-    assert "threads: 2 per request (as given; 2 cores, load 1.9)" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["threads: 2 per request (as given; 2 cores, load 1.9)"]
+
+
+def test_a_refused_input_stays_the_only_line_and_a_run_with_nothing_to_do_says_it(
+    tiny, monkeypatch, capsys
+):
+    fake_machine(monkeypatch, 2, 1.9)
+    checkpoint, data, root = tiny
+    jacobian = ["jacobian", "--checkpoint", str(checkpoint), "--data", str(data), "--out",
+                str(root / "boxes"), "--device", "cpu", "--no-progress", "--images", "s02"]  # fmt: skip
+    assert main([*jacobian, "--crop-box", "20,0,16,16"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --crop-box 20,0,16,16: reaches rows 20-35, outside image s02 (32x32)"
+    ]
+    argv, _ = _commands(*tiny)["report"]
+    assert main([*argv, "--images", "s02", "--pixels", "40:0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --pixels 40,0: outside image s02 (32x32)"
+    ]
+    assert not (tiny[2] / "report" / "figures").exists()  # refused before computing
+    assert main([*jacobian, "--crop", "16"]) == 0
+    assert capsys.readouterr().err.splitlines() == ["threads: 1 (2 cores, load 1.9)"]
+    assert main([*jacobian, "--crop", "16"]) == 0  # finished: nothing computed, still said
+    captured = capsys.readouterr()
+    assert "computed 0 block(s)" in captured.out
+    assert captured.err.splitlines() == ["threads: 1 (2 cores, load 1.9)"]

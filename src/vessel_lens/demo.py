@@ -28,7 +28,7 @@ from vessel_lens.interpret.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
 from vessel_lens.outputs import claim_output, other_entries, require_empty
-from vessel_lens.threads import torch_threads
+from vessel_lens.threads import torch_threads, work_starts
 from vessel_lens.training.config import TrainConfig
 from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 from vessel_lens.training.trainer import train
@@ -122,6 +122,7 @@ def _replace_earlier_demo(folder: Path, overwrite: bool) -> None:
 
 
 def _run_demo(out: Path, device: str, seed: int, progress: bool) -> DemoOutputs:
+    work_starts()
     outputs = DemoOutputs(out)
     data = out / "data"
     if not (data / "images").exists():

@@ -13,14 +13,16 @@ processes), at least 1. A positive number is used as given.
 
 :func:`torch_threads` applies a choice for a block and restores torch's setting afterwards;
 inside such a block a nested ``threads=0`` keeps the number chosen outside, so a command and
-the library calls it makes choose once.
+the library calls it makes choose once. A command's log line is said where its computation
+starts (:func:`work_starts`, called by the library once the inputs are accepted), so an input
+that is refused stays the command's only message.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -100,12 +102,19 @@ def choose_threads(threads: int = 0) -> ThreadChoice:
 
 _active: list[ThreadChoice] = []
 """The choices of the :func:`torch_threads` blocks being run, innermost last."""
+_announcers: list[Callable[[ThreadChoice], None] | None] = []
+"""Per block, what says its choice (the command line's log line) until it has been said."""
 
 
 @contextmanager
-def torch_threads(threads: int = 0) -> Iterator[ThreadChoice]:
+def torch_threads(
+    threads: int = 0, announce: Callable[[ThreadChoice], None] | None = None
+) -> Iterator[ThreadChoice]:
     """Run the block with :func:`choose_threads` ``(threads)`` torch threads and restore torch's
-    previous setting afterwards. Inside another such block, ``threads=0`` keeps its choice."""
+    previous setting afterwards. Inside another such block, ``threads=0`` keeps its choice.
+
+    ``announce(choice)`` is called once, by :func:`work_starts` when the computation starts,
+    or else when the block ends without an error: a refused input stays the only message."""
     import torch
 
     check_threads(threads)
@@ -116,8 +125,24 @@ def torch_threads(threads: int = 0) -> Iterator[ThreadChoice]:
     previous = torch.get_num_threads()
     torch.set_num_threads(choice.threads)
     _active.append(choice)
+    _announcers.append(announce)
     try:
         yield choice
+    except BaseException:
+        _announcers[-1] = None
+        raise
     finally:
-        _active.pop()  # blocks nest, so the innermost is this one
+        unsaid = _announcers.pop()  # blocks nest, so the innermost is this one
+        _active.pop()
         torch.set_num_threads(previous)
+    if unsaid is not None:
+        unsaid(choice)
+
+
+def work_starts() -> None:
+    """Mark where a computation starts, its inputs accepted: the enclosing blocks of
+    :func:`torch_threads` say their choice now (once). Does nothing outside such blocks."""
+    for index, announce in enumerate(_announcers):
+        if announce is not None:
+            _announcers[index] = None
+            announce(_active[index])

@@ -45,15 +45,18 @@ CropBoxOption = Annotated[
 
 
 @contextmanager
-def command_threads(threads: int, unit: str = "") -> Iterator[object]:
+def command_threads(threads: int) -> Iterator[object]:
     """Run a command's work with ``threads`` torch threads (0: chosen, see
-    :mod:`vessel_lens.threads`), printing the one line that says how many on stderr (under
-    torchrun, process 0 prints it); torch's setting is restored afterwards."""
+    :mod:`vessel_lens.threads`), restoring torch's setting afterwards. The one line that says
+    how many goes to stderr when the computation starts (under torchrun, from process 0), or
+    at the end of a run with nothing to compute; a refused input stays the only line."""
     from vessel_lens.threads import torch_threads
 
-    with torch_threads(threads) as choice:
+    def say(choice) -> None:
         if os.environ.get("RANK", "0") == "0":
-            print(choice.describe(unit), file=sys.stderr, flush=True)
+            print(choice.describe(), file=sys.stderr, flush=True)
+
+    with torch_threads(threads, announce=say) as choice:
         yield choice
 
 

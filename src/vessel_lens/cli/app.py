@@ -98,7 +98,7 @@ def app(
 
     # for the server's whole life: set once, before any request thread starts
     torch.set_num_threads(config.threads)
-    typer.echo(choose_threads(config.threads).describe(" per request"), err=True)
+    threads_line = choose_threads(config.threads).describe(" per request")
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
     if not config.debug:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per hover
@@ -111,6 +111,7 @@ def app(
     dash_app = create_app(config)
     if config.debug:
         typer.echo("warning: Dash debug mode is on; use it on your own machine only", err=True)
+        typer.echo(threads_line, err=True)
         dash_app.run(host=config.host, port=config.port, debug=True, use_reloader=False)
         return 0
     try:
@@ -120,6 +121,7 @@ def app(
             f"--host {config.host} --port {config.port}: cannot listen there "
             f"({exc.strerror or exc})"
         ) from None
+    typer.echo(threads_line, err=True)  # once it listens: an error stays the only line
     typer.echo(f"vessel-lens app on {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()

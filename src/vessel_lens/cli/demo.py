@@ -25,10 +25,11 @@ def demo(
     from vessel_lens.demo import run_demo
     from vessel_lens.devices import resolve_device
 
+    device = str(resolve_device(device))
     with command_threads(threads):
         outputs = run_demo(
             out,
-            device=str(resolve_device(device)),
+            device=device,
             seed=seed,
             progress=progress,
             overwrite=overwrite,

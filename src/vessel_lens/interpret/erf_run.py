@@ -48,6 +48,7 @@ from vessel_lens.interpret.erf import (
 from vessel_lens.interpret.extract import check_row_options
 from vessel_lens.interpret.jacobian import JacobianEngine
 from vessel_lens.interpret.local import LOCAL_PIXELS
+from vessel_lens.threads import torch_threads, work_starts
 
 
 @dataclass
@@ -172,7 +173,6 @@ def run_erf(config: ErfConfig) -> ErfResult:
     from vessel_lens.devices import resolve_device
     from vessel_lens.distributed import init_distributed
     from vessel_lens.outputs import claim_output
-    from vessel_lens.threads import torch_threads
 
     ctx = init_distributed(resolve_device(config.device))
     with torch_threads(config.threads), claim_output(config.out, "erf", group=ctx):
@@ -208,6 +208,7 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
         except VesselLensError as exc:
             error = exc
     ctx.agree(error)
+    work_starts()
     ctx.barrier()
     run_id = read_run_id(config.out)
     pending = [job for job in jobs if needs_work(config, job)]

@@ -27,7 +27,7 @@ from vessel_lens.interpret._blocks import by_store, fill
 from vessel_lens.interpret.jacobian import OUTPUTS, STRATEGIES, JacobianEngine
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
 from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
-from vessel_lens.threads import check_threads, torch_threads
+from vessel_lens.threads import check_threads, torch_threads, work_starts
 
 COMPARED = (
     "model_name",
@@ -457,6 +457,7 @@ def _extract(config: ExtractConfig, ctx) -> ExtractResult:
         except VesselLensError as exc:
             error = exc
     ctx.agree(error)
+    work_starts()
     stores = [JacobianStore.open(job.path) for job in jobs]
     result.generations = {s.path: s.generation for s in stores}
     result.skipped = sum(int(s.done().sum()) for s in stores)

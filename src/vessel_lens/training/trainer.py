@@ -60,7 +60,7 @@ from vessel_lens.outputs import (
     other_entries,
     remove_temporaries,
 )
-from vessel_lens.threads import torch_threads
+from vessel_lens.threads import torch_threads, work_starts
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
 from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
@@ -345,6 +345,7 @@ class Trainer:
         :func:`vessel_lens.threads.torch_threads`), restored afterwards. SIGTERM stops the run
         as Ctrl-C does (see :mod:`vessel_lens.interrupts`)."""
         with torch_threads(self.config.threads), sigterm_as_interrupt():
+            work_starts()
             return self._run()
 
     def _run(self) -> TrainSummary:

@@ -46,6 +46,7 @@ from vessel_lens.interpret.jacobian import jacobian
 from vessel_lens.interpret.targets import pixel_target
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.outputs import claim_output, refuse_replacing
+from vessel_lens.threads import work_starts
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
@@ -185,13 +186,17 @@ def _pixels_for(
 ) -> list[tuple[int, int, str]]:
     if given is None:
         return choose_pixels(probability, sample.label, sample.mask)
+    _check_pixels(sample, given)
+    return [(int(r), int(c), "given") for r, c in given]
+
+
+def _check_pixels(sample: Sample, given: list[tuple[int, int]]) -> None:
     height, width = sample.size
     for row, col in given:
         if not (0 <= row < height and 0 <= col < width):
             raise ConfigError(
                 f"--pixels {row},{col}: outside image {sample.stem} ({height}x{width})"
             )
-    return [(int(r), int(c), "given") for r, c in given]
 
 
 @dataclass
@@ -335,6 +340,8 @@ def write_report(
         raise ConfigError(f"--erf {erf_dir}: not a folder")
     if not samples:
         raise ConfigError("report: no image to show")
+    for sample in samples if options.pixels is not None else ():  # before any computing
+        _check_pixels(sample, options.pixels)
     with claim_output(out, "report", replaces=REPORT_WRITES, overwrite=overwrite):
         return _write_report(
             model,
@@ -364,6 +371,7 @@ def _write_report(
     device,
     progress,
 ) -> ReportOutputs:
+    work_starts()
     started = time.perf_counter()
     figures, tables = out / "figures", out / "tables"
     figures.mkdir(parents=True, exist_ok=True)
