@@ -190,7 +190,8 @@ def test_other_crops_and_checkpoints_get_the_how_to_note(erf, state):
             assert result.values is None
             assert "vessel-lens erf" in result.note and f"--images {stem}" in result.note
             assert "--erf" in result.note
-    assert f"--crop {CROP}" in compute(state, "erf_count", other_crop).note
+    # the view at (0, 0) is not the centred crop: only a box makes its file
+    assert f"--crop-box 0,0,{CROP},{CROP} " in compute(state, "erf_count", other_crop).note
     assert "--full" in compute(state, "erf_count", full).note
     assert str(erf.other) in compute(state, "erf_count", matching, model="m1").note
     random = compute(state, "erf_count", matching, model="random")

@@ -508,6 +508,8 @@ def test_app_command_serves_a_one_channel_model(k1, monkeypatch, capsys):
             answers["image"] = view.crop(self.state.sample(view.key).image)
 
     monkeypatch.setattr(app_package, "Server", Served)
+    monkeypatch.setattr("vessel_lens.app.server.limit_malloc_arenas", lambda arenas: None)
+    monkeypatch.setattr("vessel_lens.app.server.map_large_allocations", lambda: None)
     cli("app", "--checkpoint", k1.checkpoint, "--data", k1.data, "--device", "cpu")
     reference = sigmoid_reference(k1.model, answers["image"])
     pixel = answers["pixel"]

@@ -28,6 +28,7 @@ from vessel_lens.interpret.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
 from vessel_lens.outputs import claim_output, other_entries, require_empty
+from vessel_lens.threads import torch_threads, work_starts
 from vessel_lens.training.config import TrainConfig
 from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
 from vessel_lens.training.trainer import train
@@ -79,11 +80,16 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    threads: int = 0,
 ) -> DemoOutputs:
     """Run every demo step into ``out``, which must be new or empty, or (with ``overwrite``)
-    hold an earlier demo and nothing else; that earlier demo is replaced."""
+    hold an earlier demo and nothing else; that earlier demo is replaced. ``threads``: CPU
+    threads for torch (0: chosen, :func:`vessel_lens.threads.choose_threads`)."""
     out = Path(out)
-    with claim_output(out, "demo", check=lambda folder: _replace_earlier_demo(folder, overwrite)):
+    with (
+        torch_threads(threads),
+        claim_output(out, "demo", check=lambda folder: _replace_earlier_demo(folder, overwrite)),
+    ):
         (out / MARKER).write_text(
             json.dumps({"written_by": "vessel-lens demo", "started": time.time(), "seed": seed})
         )
@@ -116,6 +122,7 @@ def _replace_earlier_demo(folder: Path, overwrite: bool) -> None:
 
 
 def _run_demo(out: Path, device: str, seed: int, progress: bool) -> DemoOutputs:
+    work_starts()
     outputs = DemoOutputs(out)
     data = out / "data"
     if not (data / "images").exists():

@@ -117,11 +117,23 @@ def measure_costs(model: nn.Module, in_channels: int, device: torch.device) -> C
 
     generator = torch.Generator().manual_seed(0)
     engines, samples = [], []
-    for side in PROBE_SIDES:
-        image = torch.rand(in_channels, side, side, generator=generator)
+    for height, width in probe_sizes(model):
+        image = torch.rand(in_channels, height, width, generator=generator)
         engine = JacobianEngine(model, image, device=device)
-        engines.append((side * side, held_bytes(engine)))
+        engines.append((height * width, held_bytes(engine)))
         del engine
-        samples.append((side * side, saved_bytes(model, image[None].to(device))))
+        samples.append((height * width, saved_bytes(model, image[None].to(device))))
     parameters = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if len(engines) == 1:  # a model of one input size: every view of it costs the same
+        engines.insert(0, (0, 0))
+        samples.insert(0, (0, 0))
     return Costs(Line.through(*engines), Line.through(*samples), parameters)
+
+
+def probe_sizes(model: nn.Module) -> list[tuple[int, int]]:
+    """The probe images' sizes: :data:`PROBE_SIDES` squares, or the one size a program was
+    exported for (``input_shape`` of a wrapped ``torch.export`` program)."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and len(shape) == 4 and None not in shape[2:]:
+        return [(int(shape[2]), int(shape[3]))]
+    return [(side, side) for side in PROBE_SIDES]

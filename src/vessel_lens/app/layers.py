@@ -82,7 +82,8 @@ def _significant(ctx: LayerContext) -> LayerResult:
             title,
             "needs every pixel's gradient: precompute them for this image, crop and "
             f"checkpoint (vessel-lens jacobian{_data_option(state)} --split all --images {stem} "
-            f"--crop {view.height} ...) and start the app with --erf on that folder",
+            f"{_crop_option(state, view, '--crop 0')} ...) and start the app with --erf on "
+            "that folder",
         )
     if ctx.mode == "global" and ctx.global_max is None:
         return LayerResult(None, title, "mode global: the global maximum is not known yet")
@@ -145,16 +146,29 @@ def _erf_howto(ctx: LayerContext) -> str:
     entry = state.model(ctx.model_key)
     if entry.weights_hash is None:
         return "the random initialisation has no receptive-field map files; choose a checkpoint"
-    stem, (top, left, height, width) = source
-    full = (height, width) == tuple(state.sample(view.key).size) and top == left == 0
-    crop = "--full" if full else f"--crop {height}"
+    stem = source[0]
     folder = state.config.erf or "DIR"
     return (
         f"no receptive-field map of this image, crop and checkpoint in --erf: run vessel-lens erf "
         f"{entry.options or '--checkpoint ...'}{_data_option(state)} --split all --images {stem} "
-        f"{crop} --out {folder} (centred crops or --full) and start the app with --erf on that "
-        "folder"
+        f"{_crop_option(state, view, '--full')} --out {folder} and start the app with --erf on "
+        "that folder"
     )
+
+
+def _crop_option(state, view, whole: str) -> str:
+    """The option that makes a command compute on this view's pixels: ``whole`` for the whole
+    image, ``--crop N`` for its centred square, else ``--crop-box TOP,LEFT,H,W``."""
+    source = state.view_source(view)
+    box = source[1] if source else (view.top, view.left, view.height, view.width)
+    top, left, height, width = box
+    if view.key.startswith("data/"):
+        full_h, full_w = state.sample(view.key).size
+        if tuple(box) == (0, 0, full_h, full_w):
+            return whole
+        if height == width and (top, left) == ((full_h - height) // 2, (full_w - width) // 2):
+            return f"--crop {height}"
+    return f"--crop-box {top},{left},{height},{width}"
 
 
 def _data_option(state) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -26,6 +28,51 @@ TileOption = Annotated[
 OverlapOption = Annotated[
     float, typer.Option(help="Fraction of each --tile window shared with its neighbours.")
 ]
+THREADS_HELP = (
+    "CPU threads for torch. 0: the cores this process may use minus the current load "
+    "average, rounded, at least 1 (under torchrun shared among the local processes); on a "
+    "busy machine more threads than free cores wait for each other. The number used is "
+    "printed, e.g. 'threads: 1 (2 cores, load 1.9)'."
+)
+ThreadsOption = Annotated[int, typer.Option(help=THREADS_HELP)]
+CropBoxOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Crop TOP,LEFT,HEIGHT,WIDTH of each image (anywhere, e.g. away from a vessel-free "
+        "centre) instead of the centred --crop; sides of at least 16, inside every image."
+    ),
+]
+
+
+@contextmanager
+def command_threads(threads: int) -> Iterator[object]:
+    """Run a command's work with ``threads`` torch threads (0: chosen, see
+    :mod:`vessel_lens.threads`), restoring torch's setting afterwards. The one line that says
+    how many goes to stderr when the computation starts (under torchrun, from process 0), or
+    at the end of a run with nothing to compute; a refused input stays the only line."""
+    from vessel_lens.threads import torch_threads
+
+    def say(choice) -> None:
+        if os.environ.get("RANK", "0") == "0":
+            print(choice.describe(), file=sys.stderr, flush=True)
+
+    with torch_threads(threads, announce=say) as choice:
+        yield choice
+
+
+def parse_crop_options(
+    crop: int | None, crop_box: str | None, full: bool = False
+) -> tuple[int, int, int, int] | None:
+    """The box of ``--crop-box`` (None when not given), refused with ``--crop`` or ``--full``."""
+    if crop_box is None:
+        return None
+    from vessel_lens.data.crops import parse_crop_box
+
+    for name, given in (("--crop", crop is not None), ("--full", full)):
+        if given:
+            raise ConfigError(f"{name} and --crop-box exclude each other")
+    return parse_crop_box(crop_box)
+
 
 CHECKPOINT_HELP = (
     "Checkpoint file, run folder (uses best.pt), shipped name (vessmap-w16), or a TorchScript "

@@ -60,7 +60,12 @@ def app(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     threads: Annotated[
-        int, typer.Option(help="Torch threads per request (1 is fastest on a busy CPU).")
+        int,
+        typer.Option(
+            help="Torch threads each computation (a request's backward pass, image "
+            "preparation, attribution) uses; up to --workers of them run at once. 1 keeps "
+            "hovers fast on a busy CPU. The number is printed with the cores and the load."
+        ),
     ] = 1,
     workers: Annotated[
         int,
@@ -127,7 +132,11 @@ def app(
         cache_mb=cache_mb,
         allow_hosts=list(allow_host or []),
     )
+    from vessel_lens.threads import choose_threads
+
+    # for the server's whole life: set once, before any request thread starts
     torch.set_num_threads(config.threads)
+    threads_line = choose_threads(config.threads).describe(" per request")
     limit_malloc_arenas(2)  # this process is the server: keep freed memory in few arenas
     map_large_allocations()  # and return large freed blocks at once
     if not config.debug:
@@ -147,6 +156,7 @@ def app(
     dash_app = create_app(config)
     if config.debug:
         typer.echo("warning: Dash debug mode is on; use it on your own machine only", err=True)
+        typer.echo(threads_line, err=True)
         dash_app.run(host=config.host, port=config.port, debug=True, use_reloader=False)
         return 0
     try:
@@ -156,6 +166,7 @@ def app(
             f"--host {config.host} --port {config.port}: cannot listen there "
             f"({exc.strerror or exc})"
         ) from None
+    typer.echo(threads_line, err=True)  # once it listens: an error stays the only line
     typer.echo(f"vessel-lens app on {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()

@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
+from vessel_lens.cli._common import ThreadsOption, command_threads
+
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("demo_out"),
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: ThreadsOption = 0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
         bool,
@@ -22,9 +25,15 @@ def demo(
     from vessel_lens.demo import run_demo
     from vessel_lens.devices import resolve_device
 
-    outputs = run_demo(
-        out, device=str(resolve_device(device)), seed=seed, progress=progress, overwrite=overwrite
-    )
+    device = str(resolve_device(device))
+    with command_threads(threads):
+        outputs = run_demo(
+            out,
+            device=device,
+            seed=seed,
+            progress=progress,
+            overwrite=overwrite,
+        )
     for line in outputs.lines:
         typer.echo(line)
     typer.echo(f"demo outputs in {outputs.folder}:")

@@ -10,9 +10,13 @@ import typer
 
 from vessel_lens.cli._common import (
     CHECKPOINT_HELP,
+    CropBoxOption,
     ModelArgsOption,
     ModelOption,
+    ThreadsOption,
     WeightsOption,
+    command_threads,
+    parse_crop_options,
     parse_floats,
     split_values,
 )
@@ -91,6 +95,8 @@ def erf(
         typer.Option(help="Rows (or coloured passes) per batch (default: sized to memory)."),
     ] = None,
     figures: Annotated[bool, typer.Option(help="Write a PNG of each image's maps.")] = True,
+    crop_box: CropBoxOption = None,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -112,6 +118,7 @@ def erf(
 
     if full and crop is not None:
         raise ConfigError("--crop and --full exclude each other")
+    box = parse_crop_options(crop, crop_box, full)
     if from_jacobian is not None:
         given = [
             name
@@ -122,6 +129,7 @@ def erf(
                 ("--weights", weights),
                 ("--data", data),
                 ("--crop", crop),
+                ("--crop-box", crop_box),
                 ("--full", full or None),
                 ("--strategy", None if strategy == "auto" else strategy),
                 ("--pixel-stride", None if pixel_stride == 1 else pixel_stride),
@@ -145,7 +153,7 @@ def erf(
         from_jacobian=from_jacobian,
         data=data,
         split=split,
-        crop=0 if full else (64 if crop is None else crop),
+        crop=0 if full else crop,
         images=split_values(images),
         fractions=parse_floats(fractions, "--fractions"),
         mode=mode,
@@ -159,11 +167,14 @@ def erf(
         colouring=colouring,
         chunk_rows=chunk_rows,
         figures=figures,
+        crop_box=box,
+        threads=threads,
         overwrite=overwrite,
         progress=progress,
     )
     try:
-        result = run_erf(config)
+        with command_threads(threads):
+            result = run_erf(config)
     finally:
         shutdown_distributed()
     if result.is_main:

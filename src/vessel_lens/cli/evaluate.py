@@ -14,8 +14,10 @@ from vessel_lens.cli._common import (
     ModelArgsOption,
     ModelOption,
     OverlapOption,
+    ThreadsOption,
     TileOption,
     WeightsOption,
+    command_threads,
     model_source,
 )
 
@@ -39,6 +41,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier evaluation in --out.")
     ] = False,
@@ -69,7 +72,10 @@ def evaluate(
     written = ("metrics.json", "per_image.csv", *(("panels",) if panels else ()))
     masked = all(s.mask is not None for s in samples)
     # held, and shown to be writable, before anything is computed
-    with claim_output(out, "evaluate", replaces=written, overwrite=overwrite):
+    with (
+        claim_output(out, "evaluate", replaces=written, overwrite=overwrite),
+        command_threads(threads),
+    ):
         result = evaluate_model(
             net,
             samples,
@@ -136,6 +142,7 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
+    threads: ThreadsOption = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""
@@ -147,17 +154,18 @@ def predict(
     check_tiling(tile, overlap)
     dev = resolve_device(device)
     net, ckpt = source.load(dev)
-    written = predict_folder(
-        net,
-        images,
-        out,
-        ckpt.in_channels,
-        dev,
-        threshold,
-        overwrite,
-        tile=tile,
-        overlap=overlap,
-    )
+    with command_threads(threads):
+        written = predict_folder(
+            net,
+            images,
+            out,
+            ckpt.in_channels,
+            dev,
+            threshold,
+            overwrite,
+            tile=tile,
+            overlap=overlap,
+        )
     typer.echo(f"wrote {len(written)} files to {out}")
     return 0
 

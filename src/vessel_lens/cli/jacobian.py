@@ -9,9 +9,13 @@ import typer
 
 from vessel_lens.cli._common import (
     CHECKPOINT_HELP,
+    CropBoxOption,
     ModelArgsOption,
     ModelOption,
+    ThreadsOption,
     WeightsOption,
+    command_threads,
+    parse_crop_options,
     parse_pixels,
     split_values,
 )
@@ -31,12 +35,13 @@ def jacobian(
     ] = None,
     split: Annotated[str, typer.Option(help="Split to use: train, val, test or all.")] = "test",
     crop: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Side of the centred square crop taken from each image (the rows are "
-            "taken with respect to the crop); 0 for whole images."
+            "taken with respect to the crop); 0 for whole images. [default: 64]",
+            show_default=False,
         ),
-    ] = 64,
+    ] = None,
     images: Annotated[
         list[str] | None,
         typer.Option(help="Only these image stems (several: a b, or a,b)."),
@@ -82,6 +87,8 @@ def jacobian(
             "store is created (default: up to 256 rows and 64 MiB)."
         ),
     ] = None,
+    crop_box: CropBoxOption = None,
+    threads: ThreadsOption = 0,
     yes: Annotated[
         bool,
         typer.Option("--yes", help="Write stores that would take more than 2 GiB (uncompressed)."),
@@ -124,12 +131,15 @@ def jacobian(
         strategy=strategy,
         chunk_rows=chunk_rows,
         block_rows=block_rows,
+        crop_box=parse_crop_options(crop, crop_box),
+        threads=threads,
         yes=yes,
         overwrite=overwrite,
         progress=progress,
     )
     try:
-        result = extract_jacobians(config)
+        with command_threads(threads):
+            result = extract_jacobians(config)
     finally:
         shutdown_distributed()
     if result.is_main:

@@ -11,12 +11,16 @@ from vessel_lens.cli._common import (
     CHECKPOINT_HELP,
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
+    CropBoxOption,
     ModelArgsOption,
     ModelOption,
     OverlapOption,
+    ThreadsOption,
     TileOption,
     WeightsOption,
+    command_threads,
     model_source,
+    parse_crop_options,
     parse_pixels,
     split_values,
 )
@@ -92,23 +96,18 @@ def report(
     tile: TileOption = DEFAULT_TILE,
     overlap: OverlapOption = DEFAULT_OVERLAP,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    threads: Annotated[
-        int,
-        typer.Option(
-            help="CPU threads for torch (0: torch's default). On a busy machine 1 is often "
-            "several times faster for small models."
-        ),
-    ] = 0,
+    threads: ThreadsOption = 0,
+    crop_box: CropBoxOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a report already in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> int:
     """Write an offline HTML report: panels, attributions, sanity checks, training curves."""
-    import torch
 
     from vessel_lens.data.source import open_dataset
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError, DataError
     from vessel_lens.models.foreign import ForeignCheckpoint
+    from vessel_lens.threads import check_threads
     from vessel_lens.viz.report import (
         DELETION_METHODS,
         SANITY_METHODS,
@@ -122,8 +121,8 @@ def report(
     source = model_source(checkpoint, model, model_args, weights)
     if max_images < 1:
         raise ConfigError(f"--max-images {max_images}: must be at least 1")
-    if threads < 0:
-        raise ConfigError(f"--threads {threads}: must be 0 (default) or positive")
+    box = parse_crop_options(crop or None, crop_box)
+    check_threads(threads)
     check_output(out, overwrite)
     options = ReportOptions(
         pixels=parse_pixels(pixels),
@@ -163,14 +162,14 @@ def report(
         samples = [by_stem[stem] for stem in wanted]
     else:
         samples = samples[:max_images]
-    samples = [crop_sample(s, crop) for s in samples]
+    samples = [crop_sample(s, crop, box) for s in samples]
     description = {
         "checkpoint": str(ckpt.path) if ckpt.path is not None else "none (--model)",
         "model": f"{ckpt.model_name}({', '.join(f'{k}={v}' for k, v in ckpt.model_kwargs.items())})",
         "data": dataset.name,
         "split": split,
         "images": ", ".join(s.stem for s in samples),
-        "crop": f"centred {crop}x{crop}" if crop else "whole images",
+        "crop": _described_crop(crop, box),
         "probability": f"sliding {tile}x{tile} windows, overlap {overlap:g}, beyond {tile} px"
         if tile
         else "whole images in one pass",
@@ -180,10 +179,7 @@ def report(
         description["methods left out"] = left_out
     if all(s.mask is not None for s in samples):
         description["field of view"] = "masks: pixels outside are not chosen, grey in the errors"
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with command_threads(threads):
         outputs = write_report(
             net,
             samples,
@@ -198,8 +194,6 @@ def report(
             overwrite=overwrite,
             progress=progress,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
     typer.echo(
         f"wrote {outputs.html} ({len(outputs.figures)} figures, {len(outputs.tables)} tables) "
         f"in {outputs.seconds:.0f} s"
@@ -227,6 +221,15 @@ def _without_layer_methods(options, net, checkpoint, given: dict) -> str:
     options.sanity_methods = [m for m in options.sanity_methods if m not in LAYER_METHODS]
     options.deletion_methods = [m for m in options.deletion_methods if m not in LAYER_METHODS]
     return f"{', '.join(LAYER_METHODS)} ({reason})"
+
+
+def _described_crop(crop: int, box: tuple[int, int, int, int] | None) -> str:
+    if box is not None:
+        top, left, height, width = box
+        return (
+            f"{height}x{width} at rows {top}-{top + height - 1}, columns {left}-{left + width - 1}"
+        )
+    return f"centred {crop}x{crop}" if crop else "whole images"
 
 
 def register(app: typer.Typer) -> None:

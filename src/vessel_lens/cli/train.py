@@ -54,7 +54,7 @@ def _train(
     progress: bool,
     options: dict[str, Any],
 ) -> int:
-    from vessel_lens.cli._common import parse_floats
+    from vessel_lens.cli._common import command_threads, parse_floats
     from vessel_lens.errors import ConfigError
     from vessel_lens.training.config import read_config
     from vessel_lens.training.trainer import resume as resume_run
@@ -64,19 +64,22 @@ def _train(
     if "split_fractions" in given:
         given["split_fractions"] = parse_floats(given["split_fractions"], "--split-fractions")
     if resume is not None:
-        extra = sorted(set(given) - {"epochs"})
+        extra = sorted(set(given) - {"epochs", "threads"})
         if out is not None or config is not None or extra:
             names = ", ".join("--" + k.replace("_", "-") for k in extra) or "--out/--config"
             raise ConfigError(f"--resume continues a run as configured; drop {names}")
-        summary = resume_run(resume, progress=progress, epochs=given.get("epochs"))
+        with command_threads(given.get("threads", _recorded_threads(resume))):
+            summary = resume_run(
+                resume, progress=progress, epochs=given.get("epochs"), threads=given.get("threads")
+            )
     else:
         if out is None:
             raise ConfigError("--out is required (the run folder to create)")
         values = read_config(config) if config is not None else {}
         values.update(given)
-        summary = train_run(
-            TrainConfig.from_dict(values, "options"), out, overwrite=overwrite, progress=progress
-        )
+        run_config = TrainConfig.from_dict(values, "options")
+        with command_threads(run_config.threads):
+            summary = train_run(run_config, out, overwrite=overwrite, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, process 0 reports
         return 0
     typer.echo(
@@ -85,6 +88,17 @@ def _train(
         f"{summary.best_epoch}; checkpoints in {summary.out}"
     )
     return 0
+
+
+def _recorded_threads(run: Path) -> int:
+    """The threads a run was configured with (0 when its config.yaml is missing or says
+    nothing: resuming then reports the missing file itself)."""
+    from vessel_lens.training.config import read_config
+
+    if not (run / "config.yaml").is_file():
+        return 0
+    threads = read_config(run / "config.yaml").get("threads", 0)
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else 0
 
 
 def make_train_command():

@@ -6,6 +6,7 @@ from vessel_lens._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "crops": ["crop_to_box", "parse_crop_box", "resolve_crop"],
         "datasets": ["CropDataset", "WholeImageDataset"],
         "index": ["DatasetIndex", "SampleFiles", "index_dataset"],
         "io": ["read_image", "read_mask"],

@@ -73,7 +73,7 @@ def model_jobs(config, checkpoint) -> list[Job]:
     }
     jobs = []
     for sample in samples:
-        top, left, h, w = crop_box(*sample.size, config.crop, sample.stem)
+        top, left, h, w = crop_box(*sample.size, config.crop, sample.stem, config.crop_box)
         rows = torch.arange(0, h, config.pixel_stride)
         cols = torch.arange(0, w, config.pixel_stride)
         pixels = (rows[:, None] * w + cols[None, :]).reshape(-1)

@@ -50,6 +50,7 @@ from vessel_lens.interpret.extract import check_row_options
 from vessel_lens.interpret.jacobian import JacobianEngine
 from vessel_lens.interpret.local import LOCAL_PIXELS
 from vessel_lens.models.source import ModelSource, check_model_options
+from vessel_lens.threads import torch_threads, work_starts
 
 
 @dataclass
@@ -61,20 +62,15 @@ class ErfConfig:
     checkpoint: str | None = None
     """Checkpoint file, run folder, shipped checkpoint name, or a TorchScript or torch.export
     model file."""
-    model: str | None = None
-    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
-    model_args: dict[str, Any] | None = None
-    """Keyword arguments of the ``model`` factory."""
-    weights: str | None = None
-    """State dict file loaded into the ``model`` factory's model."""
     from_jacobian: Path | None = None
     """Folder of stores written by vessel-lens jacobian, used instead of a model."""
     data: str | None = None
     """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
     split: str = "test"
     """Split whose images to use (train, val, test or all)."""
-    crop: int = 64
-    """Side of the centred square crop of each image; 0 for whole images."""
+    crop: int | None = None
+    """Side of the centred square crop of each image; 0 for whole images (default 64 unless
+    ``crop_box`` is given)."""
     images: list[str] = field(default_factory=list)
     """Only these image stems (default: every image of the split, or every store)."""
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
@@ -101,10 +97,21 @@ class ErfConfig:
     """Rows (or coloured passes) per batch (default: sized to memory)."""
     figures: bool = True
     """Write a PNG of each image's maps."""
+    crop_box: tuple[int, int, int, int] | None = None
+    """Crop (top, left, height, width) of each image instead of the centred square
+    (``--crop-box TOP,LEFT,H,W``); it must lie inside every image."""
+    threads: int = 0
+    """CPU threads for torch; 0 chooses (:func:`vessel_lens.threads.choose_threads`)."""
     overwrite: bool = False
     """Replace map files made with other settings, and recompute finished images."""
     progress: bool = True
     """Show a progress bar (pixels/s, ETA)."""
+    model: str | None = None
+    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
+    model_args: dict[str, Any] | None = None
+    """Keyword arguments of the ``model`` factory."""
+    weights: str | None = None
+    """State dict file loaded into the ``model`` factory's model."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -122,6 +129,10 @@ class ErfConfig:
             self.from_jacobian = Path(self.from_jacobian)
             if not self.from_jacobian.is_dir():
                 raise ConfigError(f"--from-jacobian {self.from_jacobian}: not a folder")
+            if self.crop_box is not None:
+                raise ConfigError(
+                    "--from-jacobian uses the stores' own rows: --crop-box does not apply"
+                )
         self.fractions, self.mass_fractions = check_options(
             self.fractions, self.mode, self.channels, self.mass_fractions, None
         )
@@ -186,7 +197,7 @@ def run_erf(config: ErfConfig) -> ErfResult:
     from vessel_lens.outputs import claim_output
 
     ctx = init_distributed(resolve_device(config.device))
-    with claim_output(config.out, "erf", group=ctx):
+    with torch_threads(config.threads), claim_output(config.out, "erf", group=ctx):
         return _run(config, ctx)
 
 
@@ -218,6 +229,7 @@ def _run(config: ErfConfig, ctx) -> ErfResult:
         except VesselLensError as exc:
             error = exc
     ctx.agree(error)
+    work_starts()
     ctx.barrier()
     run_id = read_run_id(config.out)
     pending = [job for job in jobs if needs_work(config, job)]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from vessel_lens.data.crops import CropBox, parse_crop_box, resolve_crop
 from vessel_lens.data.io import MIN_SIDE
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
 from vessel_lens.interpret import _budget
@@ -26,6 +27,7 @@ from vessel_lens.interpret.provenance import differences
 from vessel_lens.interpret.store import STORAGE_DTYPES, JacobianStore, UnfinishedCreation
 from vessel_lens.models.source import ModelSource, check_model_options
 from vessel_lens.outputs import claim_output, note, refused, remove_temporaries
+from vessel_lens.threads import check_threads, torch_threads, work_starts
 from vessel_lens.write_errors import atomic_file
 
 COMPARED = (
@@ -40,6 +42,8 @@ COMPARED = (
     "pixels_hash",
 )
 """Attributes that must match for a run to resume (or skip) an existing store."""
+DEFAULT_CROP = 64
+"""``--crop`` of ``vessel-lens jacobian`` and ``erf`` when neither it nor a box is given."""
 
 
 @dataclass
@@ -51,18 +55,13 @@ class ExtractConfig:
     model file (None with ``model``)."""
     out: Path
     """Folder for the stores (one <stem>.zarr per image)."""
-    model: str | None = None
-    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
-    model_args: dict[str, Any] | None = None
-    """Keyword arguments of the ``model`` factory."""
-    weights: str | None = None
-    """State dict file loaded into the ``model`` factory's model."""
     data: str | None = None
     """Dataset folder or CSV manifest; the embedded synthetic vessels when omitted."""
     split: str = "test"
     """Split whose images to use (train, val, test or all)."""
-    crop: int = 64
-    """Side of the centred square crop taken from each image; 0 for the whole image."""
+    crop: int | None = None
+    """Side of the centred square crop taken from each image; 0 for the whole image (default
+    64 unless ``crop_box`` is given)."""
     images: list[str] = field(default_factory=list)
     """Only these image stems (default: every image of the split)."""
     dtype: str = "float32"
@@ -85,12 +84,23 @@ class ExtractConfig:
     block_rows: int | None = None
     """Rows per stored block, the unit that is saved and resumed, fixed when a store is
     created (default: up to 256 rows and 64 MiB)."""
+    crop_box: tuple[int, int, int, int] | None = None
+    """Crop (top, left, height, width) taken from each image instead of the centred square
+    (``--crop-box TOP,LEFT,H,W``); it must lie inside every image."""
+    threads: int = 0
+    """CPU threads for torch; 0 chooses (:func:`vessel_lens.threads.choose_threads`)."""
     yes: bool = False
     """Write stores that would take more than 2 GiB (uncompressed)."""
     overwrite: bool = False
     """Replace stores that hold different settings or are finished."""
     progress: bool = True
     """Show a progress bar (rows/s, ETA)."""
+    model: str | None = None
+    """Instead of a checkpoint: package.module:factory or path/to/file.py:factory."""
+    model_args: dict[str, Any] | None = None
+    """Keyword arguments of the ``model`` factory."""
+    weights: str | None = None
+    """State dict file loaded into the ``model`` factory's model."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -113,23 +123,36 @@ class ExtractConfig:
 
 
 def check_row_options(config, whole_images: str) -> None:
-    """The options ``vessel-lens jacobian`` and ``erf`` share: output, strategy, crop (with
-    ``whole_images`` saying how to ask for whole images), pixel stride, rows per chunk."""
+    """The options ``vessel-lens jacobian`` and ``erf`` share: output, strategy, crop or crop
+    box (with ``whole_images`` saying how to ask for whole images), pixel stride, rows per
+    chunk, threads. Leaves ``config.crop`` None when a crop box is given, else its side."""
     if config.output not in OUTPUTS:
         raise ConfigError(f"--output {config.output!r}: choose one of {', '.join(OUTPUTS)}")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"--strategy {config.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if config.crop < 0:
-        raise ConfigError(f"--crop {config.crop}: must be positive (or {whole_images})")
-    if 0 < config.crop < MIN_SIDE:
-        raise ConfigError(
-            f"--crop {config.crop}: crops must be at least {MIN_SIDE} pixels a side, like the "
-            f"images the models accept (or {whole_images})"
-        )
+    check_threads(config.threads)
+    if config.crop_box is not None:
+        if config.crop is not None:
+            raise ConfigError("--crop and --crop-box exclude each other")
+        config.crop_box = parse_crop_box(config.crop_box)
+    elif config.crop is None:
+        config.crop = DEFAULT_CROP
+    if config.crop is not None:
+        _check_crop(config.crop, whole_images)
     if config.pixel_stride < 1:
         raise ConfigError(f"--pixel-stride {config.pixel_stride}: must be at least 1")
     if config.chunk_rows is not None and config.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {config.chunk_rows}: must be at least 1")
+
+
+def _check_crop(crop: int, whole_images: str) -> None:
+    if crop < 0:
+        raise ConfigError(f"--crop {crop}: must be positive (or {whole_images})")
+    if 0 < crop < MIN_SIDE:
+        raise ConfigError(
+            f"--crop {crop}: crops must be at least {MIN_SIDE} pixels a side, like the "
+            f"images the models accept (or {whole_images})"
+        )
 
 
 @dataclass
@@ -181,13 +204,12 @@ def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def crop_box(height: int, width: int, crop: int, stem: str) -> tuple[int, int, int, int]:
-    """Centred (top, left, height, width); the whole image for ``crop`` 0."""
-    if crop == 0:
-        return 0, 0, height, width
-    if crop > height or crop > width:
-        raise DataError(f"image {stem} is {height}x{width}, smaller than --crop {crop}")
-    return (height - crop) // 2, (width - crop) // 2, crop, crop
+def crop_box(
+    height: int, width: int, crop: int | None, stem: str, box: CropBox | None = None
+) -> CropBox:
+    """(top, left, height, width) of an image: ``box`` when given (it must lie inside),
+    otherwise the centred ``crop`` square; the whole image for ``crop`` 0."""
+    return resolve_crop(height, width, stem, crop, box)
 
 
 def select_pixels(config: ExtractConfig, height: int, width: int) -> torch.Tensor:
@@ -237,7 +259,7 @@ def _jobs(config: ExtractConfig, checkpoint, model_in_channels: int) -> list[_Jo
     jobs = []
     for sample in samples:
         height, width = sample.size
-        top, left, h, w = crop_box(height, width, config.crop, sample.stem)
+        top, left, h, w = crop_box(height, width, config.crop, sample.stem, config.crop_box)
         image = sample.image[:, top : top + h, left : left + w].float()
         pixels = select_pixels(config, h, w)
         image_path = (
@@ -412,7 +434,7 @@ def extract_jacobians(config: ExtractConfig) -> ExtractResult:
     from vessel_lens.distributed import init_distributed
 
     ctx = init_distributed(resolve_device(config.device))
-    with claim_output(config.out, "jacobian", group=ctx):
+    with torch_threads(config.threads), claim_output(config.out, "jacobian", group=ctx):
         result = _extract(config, ctx)
         _check_generations(result.stores, result.generations)
     return result
@@ -444,6 +466,7 @@ def _extract(config: ExtractConfig, ctx) -> ExtractResult:
         except VesselLensError as exc:
             error = exc
     ctx.agree(error)
+    work_starts()
     stores = [JacobianStore.open(job.path) for job in jobs]
     result.generations = {s.path: s.generation for s in stores}
     result.skipped = sum(int(s.done().sum()) for s in stores)

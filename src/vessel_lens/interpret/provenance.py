@@ -16,7 +16,7 @@ OPTION_NAMES = {
     "model_config_hash": "--checkpoint (model settings)",
     "weights_hash": "--checkpoint (weights)",
     "image_path": "--data (image file)",
-    "crop_box": "--crop",
+    "crop_box": "--crop/--crop-box",
     "output": "--output",
     "target_class": "--target-class",
     "dtype": "--dtype",

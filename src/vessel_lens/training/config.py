@@ -65,7 +65,12 @@ class TrainConfig:
     max_minutes: float = _f(0.0, "Stop after this much training time (0 = no limit).")
     seed: int = _f(0, "Random seed for weights, crops and dropout.")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto.")
-    threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 is faster on a busy CPU).")
+    threads: int = _f(
+        0,
+        "CPU threads for torch (0: the cores this process may use minus the current load "
+        "average, rounded, at least 1; under torchrun shared among the local processes). The "
+        "number used is printed, e.g. 'threads: 1 (2 cores, load 1.9)'.",
+    )
     split_fractions: tuple[float, float, float] = _f(
         (0.6, 0.2, 0.2), "Train/val/test fractions when the dataset ships no split."
     )
@@ -117,7 +122,7 @@ class TrainConfig:
             (self.val_every >= 1, "val_every must be at least 1"),
             (self.patience >= 0, "patience must be non-negative"),
             (self.max_minutes >= 0, "max_minutes must be non-negative"),
-            (self.threads >= 0, f"threads {self.threads}: must be 0 (default) or positive"),
+            (self.threads >= 0, f"threads {self.threads}: must be 0 (chosen) or positive"),
             (len(self.split_fractions) == 3, "split_fractions needs three values"),
         ]
         for ok, message in checks:

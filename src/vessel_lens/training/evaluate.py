@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
+from vessel_lens.threads import work_starts
 from vessel_lens.training.inference import DEFAULT_OVERLAP, vessel_probability
 from vessel_lens.training.metrics import (
     METRIC_NAMES,
@@ -83,6 +84,7 @@ def evaluate_model(
     all_prob, all_label = [], []
     skeleton_total = SkeletonCounts()
     has_skeletons = False
+    work_starts()
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         probability = vessel_probability(
             model, sample.image, device, flip_average, tile=tile, overlap=overlap

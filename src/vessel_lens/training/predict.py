@@ -13,6 +13,7 @@ from tqdm import tqdm
 from vessel_lens.data.io import IMAGE_SUFFIXES, is_image_file, read_image
 from vessel_lens.errors import ConfigError, DataError, WriteError
 from vessel_lens.outputs import claim_output, refused
+from vessel_lens.threads import work_starts
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.write_errors import write_reason
 
@@ -91,6 +92,7 @@ def predict_folder(
 
 
 def _predict(model, files, targets, in_channels, device, threshold, progress, tile, overlap):
+    work_starts()
     created: list[Path] = []  # what a failed run removes again (claim_output: the folder)
     written = []
     model.eval()

@@ -59,6 +59,7 @@ from vessel_lens.outputs import (
     other_entries,
     remove_temporaries,
 )
+from vessel_lens.threads import torch_threads, work_starts
 from vessel_lens.training.config import TrainConfig, read_config, write_config
 from vessel_lens.training.losses import make_loss, regularisation
 from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
@@ -334,16 +335,12 @@ class Trainer:
 
     # ------------------------------------------------------------- the run
     def run(self) -> TrainSummary:
-        """Train until the configured end; torch's thread count is restored afterwards.
-        SIGTERM stops the run as Ctrl-C does (see :mod:`vessel_lens.interrupts`)."""
-        previous_threads = torch.get_num_threads()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
-        try:
-            with sigterm_as_interrupt():
-                return self._run()
-        finally:
-            torch.set_num_threads(previous_threads)
+        """Train until the configured end with ``config.threads`` torch threads (0: chosen by
+        :func:`vessel_lens.threads.torch_threads`), restored afterwards. SIGTERM stops the run
+        as Ctrl-C does (see :mod:`vessel_lens.interrupts`)."""
+        with torch_threads(self.config.threads), sigterm_as_interrupt():
+            work_starts()
+            return self._run()
 
     def _run(self) -> TrainSummary:
         config = self.config
@@ -557,15 +554,20 @@ def _check_one_run(out: Path, run_id: str | None, last: Checkpoint) -> None:
             )
 
 
-def resume(out: str | Path, progress: bool = True, epochs: int | None = None) -> TrainSummary:
-    """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``). A run
-    killed before its first checkpoint is started again from its config.yaml, with a note."""
+def resume(
+    out: str | Path, progress: bool = True, epochs: int | None = None, threads: int | None = None
+) -> TrainSummary:
+    """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``, or
+    another number of ``threads`` than recorded). A run killed before its first checkpoint is
+    started again from its config.yaml, with a note."""
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise ConfigError(f"{out}: no config.yaml; not a vessel-lens run folder")
     values = read_config(out / "config.yaml")
     if epochs is not None:
         values["epochs"] = epochs
+    if threads is not None:
+        values["threads"] = threads
     config = TrainConfig.from_dict(values, str(out / "config.yaml"))
     ctx = init_distributed(resolve_device(config.device))
     with claim_output(out, "train --resume", group=ctx):

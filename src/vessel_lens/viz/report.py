@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vessel_lens.data.crops import CropBox, crop_to_box, parse_crop_box
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._inputs import frozen_eval
@@ -45,6 +46,7 @@ from vessel_lens.interpret.jacobian import jacobian
 from vessel_lens.interpret.targets import pixel_target
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.outputs import claim_output, refuse_replacing
+from vessel_lens.threads import work_starts
 from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
@@ -161,8 +163,13 @@ def choose_pixels(
     return chosen
 
 
-def crop_sample(sample: Sample, crop: int) -> Sample:
-    """The centred ``crop`` x ``crop`` part of a sample (the sample itself for 0)."""
+def crop_sample(sample: Sample, crop: int = 0, box: CropBox | None = None) -> Sample:
+    """The ``box`` (top, left, height, width) part of a sample, or its centred ``crop`` x
+    ``crop`` part; the sample itself for neither. The two exclude each other."""
+    if box is not None:
+        if crop:
+            raise ConfigError("--crop and --crop-box exclude each other")
+        return crop_to_box(sample, parse_crop_box(box))
     if crop == 0:
         return sample
     height, width = sample.size
@@ -171,19 +178,7 @@ def crop_sample(sample: Sample, crop: int) -> Sample:
             f"--crop {crop}: must be 0 or between 16 and the image size "
             f"({sample.stem} is {height}x{width})"
         )
-    top, left = (height - crop) // 2, (width - crop) // 2
-
-    def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor[..., top : top + crop, left : left + crop].clone()
-
-    return Sample(
-        sample.stem,
-        cut(sample.image),
-        cut(sample.label),
-        cut(sample.skeleton),
-        sample.image_path,
-        cut(sample.mask),
-    )
+    return crop_to_box(sample, ((height - crop) // 2, (width - crop) // 2, crop, crop))
 
 
 def _pixels_for(
@@ -191,13 +186,17 @@ def _pixels_for(
 ) -> list[tuple[int, int, str]]:
     if given is None:
         return choose_pixels(probability, sample.label, sample.mask)
+    _check_pixels(sample, given)
+    return [(int(r), int(c), "given") for r, c in given]
+
+
+def _check_pixels(sample: Sample, given: list[tuple[int, int]]) -> None:
     height, width = sample.size
     for row, col in given:
         if not (0 <= row < height and 0 <= col < width):
             raise ConfigError(
                 f"--pixels {row},{col}: outside image {sample.stem} ({height}x{width})"
             )
-    return [(int(r), int(c), "given") for r, c in given]
 
 
 @dataclass
@@ -341,6 +340,8 @@ def write_report(
         raise ConfigError(f"--erf {erf_dir}: not a folder")
     if not samples:
         raise ConfigError("report: no image to show")
+    for sample in samples if options.pixels is not None else ():  # before any computing
+        _check_pixels(sample, options.pixels)
     with claim_output(out, "report", replaces=REPORT_WRITES, overwrite=overwrite):
         return _write_report(
             model,
@@ -370,6 +371,7 @@ def _write_report(
     device,
     progress,
 ) -> ReportOutputs:
+    work_starts()
     started = time.perf_counter()
     figures, tables = out / "figures", out / "tables"
     figures.mkdir(parents=True, exist_ok=True)
