@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vessel_lens.app.cache import LRUCache, held_bytes
-from vessel_lens.app.costs import Costs, Line, measure_costs, saved_bytes
+from vessel_lens.app.costs import Costs, Line, measure_costs, peak_bytes, saved_bytes
 from vessel_lens.app.work import Busy, Cancelled, OverBudget, WorkQueue
 
 MIB = 2**20
@@ -240,8 +240,44 @@ def test_the_measured_costs_predict_a_third_view_size():
     assert costs.build(96 * 160) > engine
 
 
+def test_peak_bytes_counts_the_tensors_alive_at_once():
+    def compute():
+        first = torch.ones(1000)  # 4000 bytes
+        second = first * 2  # 8000 alive
+        del first
+        third = second + 1  # 8000 again: first was freed
+        return third.view(10, 100)  # a view adds no storage
+
+    result, peak = peak_bytes(compute)
+    assert peak == 8000 and result.shape == (10, 100)
+
+
+def test_reservations_cover_what_a_row_and_the_receptive_field_take():
+    # a width-1 model's receptive field takes about four times its prepared view (the
+    # reservation of a view's preparation, which the field used to get, was far too small)
+    from vessel_lens.interpret import JacobianEngine
+    from vessel_lens.interpret.field import receptive_field
+    from vessel_lens.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("resnet_seg", width=1, in_channels=1)
+    costs = measure_costs(model, 1, torch.device("cpu"))
+    height, width = 320, 384
+    pixels = height * width
+    engine = JacobianEngine(model, torch.rand(1, height, width))
+    row = peak_bytes(lambda: engine.rows(torch.tensor([pixels // 2])))[1]
+    chunk = peak_bytes(lambda: engine.rows(torch.arange(16) + pixels // 2))[1]
+    field = peak_bytes(lambda: receptive_field(model, (height, width), in_channels=1))[1]
+    assert field > 2 * costs.build(pixels)
+    assert row <= costs.rows(pixels, 1) < 2 * row
+    assert chunk <= costs.rows(pixels, 16) < 2 * chunk
+    assert field <= costs.receptive_field(pixels) < 2 * field
+
+
 def test_batch_size_and_largest_side_follow_the_limit():
-    costs = Costs(Line(0, 1000), Line(0, 1000), parameters=0)
+    line = Line(0, 1000)
+    costs = Costs(line, line, parameters=0, row=line, chunk=line, field=line)
     pixels = 100 * 100
     one = costs.samples(pixels, 1)
     assert costs.batch_size(pixels, one, 50) == 1

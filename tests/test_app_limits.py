@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -19,6 +20,8 @@ pytest.importorskip("dash")
 pytest.importorskip("captum")
 
 from vessel_lens.app import AppConfig, create_app, handlers, testing
+from vessel_lens.app.methods import discover_methods
+from vessel_lens.app.pixel import analyse_pixel, parse_threshold
 from vessel_lens.app.state import AppState
 from vessel_lens.app.testing import UPDATE, callback_request
 from vessel_lens.data import write_synthetic_dataset
@@ -423,3 +426,31 @@ def test_an_upload_too_large_to_decode_within_the_budget_is_refused(small_budget
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     with pytest.raises(VesselLensError, match=r"decoding black\.png needs about .*--cache-mb 64"):
         handlers.handle_upload(small_budget, url, "black.png")
+
+
+def test_a_receptive_field_larger_than_the_budget_is_refused_with_a_note(files):
+    """A width-1 model's receptive field takes about four times its prepared view: at
+    384x384 the view fits --cache-mb 64 (21 MiB) but the field (about 84 MiB) does not; it
+    used to be computed anyway, reserving only what the view's preparation takes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = create_model("resnet_seg", width=1, in_channels=1)
+    checkpoint = save_checkpoint(files.root / "w1.pt", model, "resnet_seg", {"width": 1})
+    write_synthetic_dataset(files.root / "w1-data", count=1, size=384, progress=False)
+    config = AppConfig(checkpoints=[str(checkpoint)], data=str(files.root / "w1-data"), cache_mb=64)
+    state = AppState(config)
+    try:
+        key = state.image_options()[0]["value"]
+        result = handlers.handle_view(state, key, "full", None, None, None, "m0", "none", None)
+        assert (result["view"]["height"], result["view"]["width"]) == (384, 384)
+        assert re.search(r"receptive field not shown: .* needs about \d+ MiB", result["note"])
+        assert "--cache-mb 64" in result["note"]
+        view = handlers.view_from_data(state, result["view"])
+        assert state.receptive_box("m0", view, 10, 10) is None
+        threshold = parse_threshold(0.01, "pixel")
+        discover_methods()
+        analysis = analyse_pixel(state, "m0", view, 10, 10, threshold)
+        assert analysis.field_box is None and analysis.stats is not None
+        assert state.work.peak_accounted <= state.work.budget
+    finally:
+        state.shutdown(wait=10)

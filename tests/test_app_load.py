@@ -4,14 +4,19 @@ against a server process serving a width-1 model on two synthetic 512x512 images
 The full run (10 users, 60 s, VessMAP) is recorded in benchmarks/RESULTS.md. Bounds here are
 generous on purpose (the machine is shared and may be busy) but can still fail:
 
-- memory: the warm-up opens both images and hovers 30 pixels in each, which fills the caches
-  (``--cache-mb 96``: 72 MiB of prepared images hold both 29 MiB engines, 24 MiB of gradient
-  maps hold 24 of the 1 MiB maps). From then on the caches cannot grow, and the server's
-  resident set may grow by at most 64 MiB, for transient buffers; measured here 8-17 MiB.
+- memory: the warm-up opens both images and hovers 30 pixels in each, which fills the
+  budget (``--cache-mb 96``: both 29 MiB engines and 24 of the 1 MiB gradient maps, the most
+  their cache keeps; the receptive field of a 512x512 view would need about 149 MiB with this
+  model, more than the budget, so the page shows none and says so). From then on the caches
+  cannot grow, and the server's resident set may grow by at most 64 MiB, for the hovers'
+  reserved working memory (10 MiB each, within the budget) and the answers being built;
+  measured here 17-31 MiB. (When the receptive field was reserved as much as a view's
+  preparation, a quarter of what it takes, the budget evicted it under load and hovers
+  rebuilt it, 3 s and 119 MiB each: 94-117 MiB, and hovers took 6-9 s at p95.)
   Every hover makes a new 1 MiB map, so unbounded caches would break the bound after about
   64 hovers: the run goes on past its 10 s until 160 hovers were answered (a busy machine
-answers fewer in 10 s) and the test checks that more than 80 were made (measured about 200; with
-  ``--cache-mb 4096`` the same run grew by 276 MiB). The server runs with
+  answers fewer in 10 s) and the test checks that more than 80 were made (measured 250-280; with
+  ``--cache-mb 4096`` the same run grew by 252 MiB). The server runs with
   ``MALLOC_ARENA_MAX=2`` so that glibc's per-thread arenas (the server starts a thread per
   connection) do not add their own retained memory (70-170 MiB without it) to the figure.
 - latency: p95 under 5 s, five times the issue's 1 s target for the full run (measured about

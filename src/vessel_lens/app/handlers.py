@@ -110,7 +110,9 @@ def handle_view(state, image, mode, size, top, left, model, compare, pixel) -> d
     models = tuple(k for k in shown if isinstance(k, str) and k in state.models) or ("m0",)
     view, note = state.view(image, mode, size, top, left, models)
     state.engine(model, view)
-    state.receptive_field(model, view)
+    problem = state.receptive_field_problem(model, view)
+    if problem is not None:
+        note = f"{note} {problem}".strip()
     if isinstance(compare, str) and compare != NO_COMPARE:
         try:
             state.engine(compare, view)

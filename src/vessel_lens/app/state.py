@@ -28,7 +28,7 @@ from vessel_lens.app.images import View, resolve_view
 from vessel_lens.app.jobs import GlobalMaxJobs, Job, engine_global_max
 from vessel_lens.app.stores import MapIndex, StoredJacobian, StoredMaps, StoreIndex
 from vessel_lens.app.tasks import Tasks
-from vessel_lens.app.work import WorkQueue, mib
+from vessel_lens.app.work import OverBudget, WorkQueue, mib
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError, DataError
 
@@ -427,29 +427,41 @@ class AppState:
         flat = torch.tensor([row * view.width + col])
         with self.pinned_engine(model_key, view) as engine:
             lock = self._engine_lock(model_key, view, engine)
-            needed = self.costs(model_key).rows(view.height * view.width, 1, engine.source_shape[0])
+            needed = self.costs(model_key).rows(view.height * view.width, 1)
             with self.work.slot(needed, "the pixel's gradient"), lock or contextlib.nullcontext():
                 rows = engine.rows(flat)
         return self.gradients.put(key, (rows[0].float().cpu().clone(), "computed"))
 
-    def receptive_field(self, model_key: str, view: View):
-        """The model's structural receptive field at the view's size (None if unknown)."""
+    def _field(self, model_key: str, view: View):
+        """The receptive field at the view's size, or why there is none (a string): the
+        model has none the library can bound, or computing it needs more than the budget."""
         from vessel_lens.interpret.field import receptive_field
 
         entry = self.model(model_key)
         key = ("field", model_key, view.height, view.width)
 
         def build():
-            needed = self._check_view_fits(model_key, view)
+            needed = self.costs(model_key).receptive_field(view.height * view.width)
+            what = f"the receptive field of a {view.height}x{view.width} view"
             try:
-                with self.work.slot(needed, "the receptive field"), self.model_lock(model_key):
+                with self.work.slot(needed, what), self.model_lock(model_key):
                     return receptive_field(
                         entry.model, (view.height, view.width), in_channels=entry.in_channels
                     )
-            except ConfigError:
-                return None
+            except (ConfigError, OverBudget) as exc:
+                return f"receptive field not shown: {exc}"
 
         return self.fields.get_or_create(key, build)
+
+    def receptive_field(self, model_key: str, view: View):
+        """The model's structural receptive field at the view's size (None if unknown)."""
+        field = self._field(model_key, view)
+        return None if isinstance(field, str) else field
+
+    def receptive_field_problem(self, model_key: str, view: View) -> str | None:
+        """Why the view has no receptive field (None when it has one)."""
+        field = self._field(model_key, view)
+        return field if isinstance(field, str) else None
 
     def receptive_box(self, model_key: str, view: View, row: int, col: int):
         """Half-open (top, bottom, left, right) input box that can influence (row, col)."""
@@ -487,8 +499,7 @@ class AppState:
         def compute(progress):
             with self.pinned_engine(model_key, view) as engine:
                 lock = self._engine_lock(model_key, view, engine)
-                pixels, channels = view.height * view.width, engine.source_shape[0]
-                needed = self.costs(model_key).rows(pixels, JOB_CHUNK, channels)
+                needed = self.costs(model_key).rows(view.height * view.width, JOB_CHUNK)
 
                 def chunk_guards():
                     yield self.work.slot(
