@@ -98,12 +98,6 @@ def test_absurd_values_get_answers_not_errors(load_run):
     assert sum(result["bad_values"].values()) >= len(testing.bad_pixel_values({}))
 
 
-@pytest.mark.xfail(
-    reason="known regression (open in issue 17): since the app's work queue and cache budgets "
-    "changed, the resident set rises 90-110 MiB above its warm level during this run (bound "
-    "64 MiB); the rise is transient (the end level is below the warm one)",
-    strict=False,
-)
 def test_memory_stays_bounded_after_warm_up(load_run):
     _, result = load_run
     memory = result["memory_mib"]
