@@ -167,12 +167,14 @@ def conv_input_grad(
     dilation: tuple[int, int],
     groups: int,
     matrix: torch.Tensor | None = None,
+    dry: bool = False,
 ) -> Window | None:
     """Input gradient of ``conv2d`` restricted to the inputs the window's outputs read.
 
     Output o reads inputs o*s - p + k*d (k < K). The full transposed convolution of the window
     covers inputs from ``top*s - p``; ``padding``/``output_padding`` of ``conv_transpose2d``
-    crop it to the valid range where they can, otherwise the result is sliced.
+    crop it to the valid range where they can, otherwise the result is sliced. ``dry``: only
+    the window's place and size matter (zeros instead of the gradient).
     """
     kernel = weight.shape[-2:]
     starts, sizes, pads, out_pads, slices = [], [], [], [], []
@@ -198,6 +200,9 @@ def conv_input_grad(
         pads.append(plan[0])
         out_pads.append(plan[1])
         slices.append(plan[2])
+    if dry:
+        shape = (int(window.data.shape[0]), int(weight.shape[1]) * groups, *sizes)
+        return Window(zeros(window.data, shape), starts[0], starts[1], True)
     if groups == 1 and window.height * window.width <= SMALL_MAP:
         grad = _scatter_taps(window.data, weight, stride, dilation, matrix)
         for axis, pad in enumerate(pads):
@@ -228,11 +233,12 @@ def conv_transpose_input_grad(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
+    dry: bool = False,
 ) -> Window | None:
     """Input gradient of ``conv_transpose2d``: a strided ``conv2d`` over the window.
 
     Input i writes outputs i*s - p + k*d, so its gradient reads them; only inputs whose
-    outputs meet the window are computed.
+    outputs meet the window are computed (``dry``: zeros of that size).
     """
     kernel = weight.shape[-2:]
     data = window.data
@@ -258,6 +264,9 @@ def conv_transpose_input_grad(
         sizes.append(n)
         befores.append(before)
         afters.append(after)
+    if dry:
+        shape = (int(data.shape[0]), int(weight.shape[0]), *sizes)
+        return Window(zeros(data, shape), starts[0], starts[1], True)
     if symmetric:
         grad = F.conv2d(data, weight, None, stride, tuple(befores), dilation, groups)
     else:
