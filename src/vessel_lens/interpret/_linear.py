@@ -79,13 +79,27 @@ def backward(prep: Prepared, seed: Window, trace: list | None = None) -> torch.T
 def seed_window(
     output: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, seeds: torch.Tensor
 ) -> Window:
-    """One-hot cotangents on the (1, K, H, W) output: row n is ``seeds[n]`` at (rows[n], cols[n])."""
-    top, left = int(rows.min()), int(cols.min())
-    height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    """One-hot cotangents on the (1, K, H, W) output: row n is ``seeds[n]`` at (rows[n], cols[n]).
+
+    The window's sides are rounded up to a few sizes per octave (within the map): the windows
+    of every later step follow from it, and oneDNN builds its convolution kernels for each new
+    shape (1-3 ms per convolution on the CPU), so a few shapes serve every pixel set."""
+    map_h, map_w = (int(s) for s in output.shape[-2:])
+    top, height = _rounded(int(rows.min()), int(rows.max()), map_h)
+    left, width = _rounded(int(cols.min()), int(cols.max()), map_w)
     n, classes = seeds.shape
     data = zeros(seeds, (n, classes, height, width))
     data[torch.arange(n), :, rows - top, cols - left] = seeds
     return Window(data, top, left)
+
+
+def _rounded(low: int, high: int, length: int) -> tuple[int, int]:
+    """(start, size) of the span ``low..high`` grown inside ``0..length`` to a size with at
+    most three significant bits (8, 10, 12, 14, 16, 20, ...: at most 25 % more)."""
+    size = high - low + 1
+    step = 1 << max(0, size.bit_length() - 3)
+    size = min(length, -(-size // step) * step)
+    return min(low, length - size), size
 
 
 class LinearStrategy:
