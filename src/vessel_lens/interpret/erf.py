@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from vessel_lens.interpret._erf_colour import (
 )
 from vessel_lens.interpret._inputs import flat_pixels
 from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps, build_maps
-from vessel_lens.interpret.field import receptive_field
+from vessel_lens.interpret.field import receptive_field, tape_field
 from vessel_lens.interpret.jacobian import JacobianEngine, _check_chunk
 from vessel_lens.interpret.local import LOCAL_PIXELS, CropJacobian, plan_crops
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude
@@ -156,12 +157,15 @@ def _add_dense(accumulator: Accumulator, flat: torch.Tensor, rows: torch.Tensor,
 def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor):
     if colouring == "never":
         return None
-    field = receptive_field(
-        model,
-        (engine.height, engine.width),
-        in_channels=int(engine.source_shape[0]),
-        device=engine.device,
-    )
+    if engine.strategy == "linear" and engine.tape is not None:
+        field = tape_field(engine.tape)  # the engine's own recording of this image
+    else:
+        field = receptive_field(
+            model,
+            (engine.height, engine.width),
+            in_channels=int(engine.source_shape[0]),
+            device=engine.device,
+        )
     if not field.tight:
         if colouring == "always":
             raise ConfigError(
@@ -191,6 +195,9 @@ def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
 PILOT_GROUPS = 32
 """Colour groups in the trial batch of ``colouring="auto"`` (enough for batching to pay as it
 does in the full run; small batches overstate colouring's cost)."""
+PLAIN_TRIAL = 64
+"""Rows of the plain trial chunk of ``colouring="auto"`` (at most one chunk): where colouring
+wins, each trial row costs several coloured ones, so the trial is kept short."""
 
 
 class _Run:
@@ -229,11 +236,11 @@ class _Run:
 
     def cheaper(self, flat: torch.Tensor, field, coarse: bool, chunk: int) -> None:
         order = coarse_first(flat, self.engine.width) if coarse else flat
-        trial = order[:chunk]
+        trial = order[: min(chunk, PLAIN_TRIAL)]
         started = time.perf_counter()
         self.plain(trial, chunk)
         plain_rate = (time.perf_counter() - started) / max(len(trial), 1)
-        rest = order[chunk:]
+        rest = order[len(trial) :]
         if len(rest) == 0:
             self.choice = "plain (one chunk held every pixel)"
             return
@@ -344,8 +351,8 @@ def receptive_field_maps(
     reduced = accumulator.finish()
     strategy_used = engine.strategy
     probability = engine.probability.cpu()
+    _release(engine)
     del engine
-    gc.collect()  # the engine's recorded forward pass sits in a reference cycle
     metadata = {
         "strategy": strategy_used,
         "colouring": run.coloured_rows > 0,
@@ -358,6 +365,19 @@ def receptive_field_maps(
         "seconds": time.perf_counter() - started,
     }
     return reduction.maps(reduced, probability, metadata)
+
+
+def _release(engine: JacobianEngine) -> None:
+    """Free the engine's recorded forward pass now: drop what the engine holds and collect
+    garbage only if its strategy or tape outlives that (a reference cycle); a full
+    ``gc.collect()`` costs about 0.1 s in a process with many objects, more than a small
+    model's whole map."""
+    parts = (engine.strategy_impl, getattr(engine, "tape", None))
+    survivors = [weakref.ref(part) for part in parts if part is not None]
+    engine.__dict__.clear()
+    del parts
+    if any(survivor() is not None for survivor in survivors):
+        gc.collect()
 
 
 def _maps_on_crops(model, image, pixels, chunk_size, reduction, progress, options, started):
