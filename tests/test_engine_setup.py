@@ -263,3 +263,22 @@ def test_maps_free_the_recording_without_a_full_garbage_collection(monkeypatch):
     finally:
         gc.enable()
     assert collections == []
+
+
+def test_coloured_passes_split_below_the_buffer_limit_give_the_same_maps(monkeypatch):
+    from vessel_lens.interpret._linear import LinearStrategy
+    from vessel_lens.interpret.erf_maps import ARRAYS
+
+    model, image = pooled(), torch.rand(1, 32, 32)
+    never = receptive_field_maps(model, image, (0.05,), "pixel", colouring="never")
+    monkeypatch.setattr(LinearStrategy, "largest_batch", lambda self, h, w: 3)
+    split = receptive_field_maps(model, image, (0.05,), "pixel", colouring="always")
+    auto = receptive_field_maps(model, image, (0.05,), "pixel", colouring="auto")
+    assert split.metadata["colouring"] and auto.metadata["colouring_choice"]
+    for maps in (split, auto):
+        for name in ARRAYS:
+            a, b = getattr(never, name), getattr(maps, name)
+            if a.is_floating_point():
+                assert torch.allclose(a, b, equal_nan=True, atol=1e-6), name
+            else:
+                assert torch.equal(a, b), name

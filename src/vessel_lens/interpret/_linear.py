@@ -147,6 +147,13 @@ class LinearStrategy:
             result.index_copy_(0, group, part)
         return result
 
+    def largest_batch(self, span_h: int, span_w: int) -> int:
+        """Most rows one pass over pixels spanning (span_h, span_w) output pixels may hold
+        before one of its cotangents passes :data:`BUFFER_BYTES` (on the CPU)."""
+        values = float(self.profile().largest(torch.tensor([span_h]), torch.tensor([span_w]))[0])
+        limit = BUFFER_BYTES * 8 // torch.finfo(self.prepared.dtype).bits
+        return max(1, int(limit // max(values, 1.0)))
+
     def profile(self) -> Profile:
         """The one-pixel window of every backward step (traced once, at the centre, by a dry
         pass: convolutions only size their windows)."""

@@ -193,9 +193,9 @@ def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
 
 
 PILOT_GROUPS = 32
-"""Colour groups in the trial batch of ``colouring="auto"`` (enough for batching to pay as it
-does in the full run; small batches overstate colouring's cost)."""
-PLAIN_TRIAL = 64
+"""Colour groups in the trial batch of ``colouring="auto"`` for ``vmap`` and ``loop`` (enough
+for batching to pay as it does in the full run; small batches overstate colouring's cost)."""
+PLAIN_TRIAL = 32
 """Rows of the plain trial chunk of ``colouring="auto"`` (at most one chunk): where colouring
 wins, each trial row costs several coloured ones, so the trial is kept short."""
 
@@ -234,6 +234,16 @@ class _Run:
             if self.progress is not None:
                 self.progress(len(part))
 
+    def pilot_groups(self, chunk: int) -> int:
+        """Colour groups of the trial batch: one whole pass of the coloured run where the
+        ``linear`` strategy bounds its passes on the CPU (a smaller first pass costs more
+        per group than the run's own), else :data:`PILOT_GROUPS`."""
+        engine = self.engine
+        if engine.strategy != "linear" or engine.device.type != "cpu":
+            return PILOT_GROUPS
+        whole = engine.strategy_impl.largest_batch(engine.height - 1, engine.width - 1)
+        return max(1, min(chunk, whole))
+
     def cheaper(self, flat: torch.Tensor, field, coarse: bool, chunk: int) -> None:
         order = coarse_first(flat, self.engine.width) if coarse else flat
         trial = order[: min(chunk, PLAIN_TRIAL)]
@@ -245,16 +255,17 @@ class _Run:
             self.choice = "plain (one chunk held every pixel)"
             return
         groups = _coloured_groups(rest, self.engine.width, field, coarse)
+        pilot = self.pilot_groups(chunk)
         started = time.perf_counter()
-        self.coloured(groups[:PILOT_GROUPS], PILOT_GROUPS, field)
-        tried = sum(len(g) for g in groups[:PILOT_GROUPS])
+        self.coloured(groups[:pilot], pilot, field)
+        tried = sum(len(g) for g in groups[:pilot])
         coloured_rate = (time.perf_counter() - started) / max(tried, 1)
         if coloured_rate < plain_rate:
             self.choice = f"coloured ({coloured_rate * 1e3:.2f} vs {plain_rate * 1e3:.2f} ms/pixel)"
-            self.coloured(groups[PILOT_GROUPS:], chunk, field)
+            self.coloured(groups[pilot:], chunk, field)
         else:
             self.choice = f"plain ({plain_rate * 1e3:.2f} vs {coloured_rate * 1e3:.2f} ms/pixel)"
-            left = torch.cat(groups[PILOT_GROUPS:]) if len(groups) > PILOT_GROUPS else rest[:0]
+            left = torch.cat(groups[pilot:]) if len(groups) > pilot else rest[:0]
             left = torch.sort(left).values
             self.plain(coarse_first(left, self.engine.width) if coarse else left, chunk)
 
