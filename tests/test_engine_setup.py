@@ -282,3 +282,16 @@ def test_coloured_passes_split_below_the_buffer_limit_give_the_same_maps(monkeyp
                 assert torch.allclose(a, b, equal_nan=True, atol=1e-6), name
             else:
                 assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2), (2, 3)])
+def test_one_channel_planes_equal_the_transposed_convolution(stride, dilation):
+    from vessel_lens.interpret._window import _plane_taps
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(3, 8, 9, 7, generator=generator, dtype=torch.float64)
+    weight = torch.randn(8, 1, 3, 2, generator=generator, dtype=torch.float64)
+    expected = torch.nn.functional.conv_transpose2d(data, weight, None, stride, 0, 0, 1, dilation)
+    got = _plane_taps(data, weight, (stride, stride), (dilation, dilation))
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-12)

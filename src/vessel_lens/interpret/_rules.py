@@ -32,6 +32,7 @@ from vessel_lens.interpret._rules_norm import (
 from vessel_lens.interpret._rules_resample import max_pool_rule, separable_rule, strided_slice
 from vessel_lens.interpret._tape import Entry, Ref
 from vessel_lens.interpret._window import (
+    FEW_CHANNELS,
     SMALL_MAP,
     Window,
     conv_input_grad,
@@ -84,7 +85,7 @@ def _convolution(prep: Prepared, i: int, entry: Entry, grad: Window, stacked: bo
         )
         return [(source, part)]
     matrix = None
-    if grad.height * grad.width <= SMALL_MAP and groups == 1:
+    if groups == 1 and (grad.height * grad.width <= SMALL_MAP or weight.shape[1] <= FEW_CHANNELS):
         if ("taps", key) not in prep.consts:
             prep.consts[("taps", key)] = derived("taps", (weight,), lambda: tap_matrix(weight))
         matrix = prep.consts[("taps", key)]

@@ -12,6 +12,7 @@ Tensors that no recorded call produced (parameters, buffers, constants) are kept
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +178,7 @@ class _Recorder(TorchDispatchMode):
         rec_args, rec_kwargs = _map(self._ref, (args, kwargs))
         node = len(self.tape.entries)
         recorded = functional or func
-        entry = Entry(recorded, rec_args, rec_kwargs, out, str(recorded), torch.is_grad_enabled())
+        entry = Entry(recorded, rec_args, rec_kwargs, out, _name(recorded), torch.is_grad_enabled())
         self.tape.entries.append(entry)
         if isinstance(out, torch.Tensor):
             self.producer[id(out)] = Ref(node)
@@ -231,6 +232,12 @@ class _Recorder(TorchDispatchMode):
         return self.producer.get(id(output))
 
 
+@functools.cache
+def _name(func: Any) -> str:
+    return str(func)
+
+
+@functools.cache
 def _functional_form(func: Any) -> Any:
     """``aten.relu_.default`` → ``aten.relu.default`` (None for ops that are not in-place)."""
     name = func.overloadpacket.__name__

@@ -158,6 +158,40 @@ def _scatter_taps(
     return full.permute(0, 3, 1, 2)
 
 
+FEW_CHANNELS = 1
+"""Convolutions from this many channels or fewer (a grayscale model's first layer) get their
+input gradient from :func:`_plane_taps`: oneDNN's transposed convolution to one channel runs
+at less than half the speed (for two or three channels the planes lose)."""
+
+
+def _plane_taps(
+    data: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    matrix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``conv_transpose2d`` without padding into one channel: one GEMM gives a plane per
+    kernel tap, and each plane is added at its shift."""
+    n, c_out, h, w = data.shape
+    c_in, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dh, dw) = stride, dilation
+    matrix = tap_matrix(weight) if matrix is None else matrix
+    taps = data.permute(0, 2, 3, 1).reshape(-1, c_out) @ matrix
+    planes = taps.reshape(n, h, w, kh * kw, c_in).permute(0, 3, 4, 1, 2).contiguous()
+    height, width = (h - 1) * sh + dh * (kh - 1) + 1, (w - 1) * sw + dw * (kw - 1) + 1
+    full = zeros(data, (n, c_in, height, width))
+    for i in range(kh):
+        for j in range(kw):
+            full[
+                :,
+                :,
+                i * dh : i * dh + (h - 1) * sh + 1 : sh,
+                j * dw : j * dw + (w - 1) * sw + 1 : sw,
+            ] += planes[:, i * kw + j]
+    return full
+
+
 def conv_input_grad(
     window: Window,
     weight: torch.Tensor,
@@ -203,8 +237,10 @@ def conv_input_grad(
     if dry:
         shape = (int(window.data.shape[0]), int(weight.shape[1]) * groups, *sizes)
         return Window(zeros(window.data, shape), starts[0], starts[1], True)
-    if groups == 1 and window.height * window.width <= SMALL_MAP:
-        grad = _scatter_taps(window.data, weight, stride, dilation, matrix)
+    small = window.height * window.width <= SMALL_MAP
+    if groups == 1 and (small or weight.shape[1] <= FEW_CHANNELS):
+        taps = _scatter_taps if small else _plane_taps
+        grad = taps(window.data, weight, stride, dilation, matrix)
         for axis, pad in enumerate(pads):
             slices[axis] = (
                 (pad, pad + sizes[axis])
