@@ -8,7 +8,9 @@ dilated net, a plain conv net, MONAI's UNet, a dilated conv + GroupNorm net), in
   scaled, since it runs one backward pass per row);
 - receptive-field maps (mode pixel) with ``colouring="auto"``, ``"never"`` and ``"always"``.
 
-Prints seconds per option and auto / best (goal: at most 1.2 for each model).
+Options take turns within each round (``--repeats`` rounds). Prints the median seconds per
+option and auto / best, on the wall clock and in CPU time (the process's, steadier on a shared
+machine with ``--threads 1``); goal: at most 1.2 for each model.
 
     python benchmarks/auto_choice.py --size 64
     python benchmarks/auto_choice.py --size 64 --models reference,pooled
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 import warnings
 
@@ -75,7 +78,7 @@ def _zoo() -> dict:
     }
 
 
-def _rows(model, image, strategy, count=None) -> float:
+def _rows(model, image, strategy, count=None) -> str:
     engine = JacobianEngine(model, image, strategy=strategy)
     flat = torch.arange(image.shape[-2] * image.shape[-1])
     flat = flat[:count] if count else flat
@@ -84,56 +87,80 @@ def _rows(model, image, strategy, count=None) -> float:
     return engine.strategy
 
 
-def _median_seconds(function, repeats: int) -> tuple[float, object]:
-    seconds, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        seconds.append(time.perf_counter() - started)
-    return sorted(seconds)[len(seconds) // 2], result
+def _maps(model, image, colouring) -> str:
+    maps = receptive_field_maps(model, image, (0.01, 0.1), "pixel", colouring=colouring)
+    return maps.metadata.get("colouring_choice") or "plain (no bound)"
 
 
-def jacobian_times(model, image, loop_rows: int, repeats: int) -> dict[str, float | str]:
-    times: dict[str, float | str] = {}
+def _timed(function) -> tuple[float, float, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def measure(options: dict, repeats: int) -> dict[str, dict]:
+    """Every option ``repeats`` times, taking turns (the order rotates each round, so that a
+    burst of load on the shared machine hits every option alike); medians of wall and CPU
+    seconds, each scaled by the option's factor; refused options are marked."""
+    names = list(options)
+    times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            function, scale = options[name]
+            if times[name].get("refused"):
+                continue
+            try:
+                wall, cpu, result = _timed(function)
+            except ConfigError:
+                times[name]["refused"] = True
+                continue
+            times[name]["wall"].append(wall * scale)
+            times[name]["cpu"].append(cpu * scale)
+            times[name]["result"] = result
+    for entry in times.values():
+        for clock in ("wall", "cpu"):
+            entry[clock] = statistics.median(entry[clock]) if entry[clock] else None
+    return times
+
+
+def jacobian_times(model, image, loop_rows: int, repeats: int) -> dict[str, dict]:
     total = image.shape[-2] * image.shape[-1]
     _rows(model, image, "auto", 64)  # warm-up: first calls of every kernel
-    for strategy in ("auto", "linear", "vmap", "loop"):
-        count = loop_rows if strategy == "loop" else None
-        try:
-            seconds, used = _median_seconds(
-                lambda s=strategy, c=count: _rows(model, image, s, c), 1 if count else repeats
-            )
-        except ConfigError:
-            times[strategy] = "refused"
-            continue
-        times[strategy] = seconds * (total / loop_rows if count else 1.0)
-        if strategy == "auto":
-            times["auto is"] = used
-    return times
+    options = {
+        strategy: (lambda s=strategy: _rows(model, image, s), 1.0)
+        for strategy in ("auto", "linear", "vmap")
+    }
+    options["loop"] = (lambda: _rows(model, image, "loop", loop_rows), total / loop_rows)
+    return measure(options, repeats)
 
 
-def maps_times(model, image, repeats: int) -> dict[str, float | str]:
-    times: dict[str, float | str] = {}
-    for colouring in ("auto", "never", "always"):
-        try:
-            seconds, maps = _median_seconds(
-                lambda c=colouring: receptive_field_maps(
-                    model, image, (0.01, 0.1), "pixel", colouring=c
-                ),
-                repeats,
-            )
-        except ConfigError:
-            times[colouring] = "refused"
-            continue
-        times[colouring] = seconds
-        if colouring == "auto":
-            times["auto chose"] = maps.metadata.get("colouring_choice") or "plain (no bound)"
-    return times
+def maps_times(model, image, repeats: int) -> dict[str, dict]:
+    options = {
+        colouring: (lambda c=colouring: _maps(model, image, c), 1.0)
+        for colouring in ("auto", "never", "always")
+    }
+    return measure(options, repeats)
 
 
-def _ratio(times: dict, auto: str, options: tuple[str, ...]) -> float:
-    best = min(v for k, v in times.items() if k in options and isinstance(v, float))
-    return times[auto] / best
+def _ratio(times: dict, clock: str) -> float:
+    best = min(e[clock] for name, e in times.items() if name != "auto" and e[clock] is not None)
+    return times["auto"][clock] / best
+
+
+def _shown(times: dict) -> str:
+    return "  ".join(
+        f"{name} refused" if entry["wall"] is None else f"{name} {entry['wall']:.2f}s"
+        for name, entry in times.items()
+    )
+
+
+def report(name: str, what: str, times: dict) -> tuple[float, float]:
+    wall, cpu = _ratio(times, "wall"), _ratio(times, "cpu")
+    print(
+        f"{name:11s} {what:9s} auto/best {wall:.2f} (CPU {cpu:.2f})  {_shown(times)}  "
+        f"auto: {times['auto']['result']}"
+    )
+    return wall, cpu
 
 
 def main() -> None:
@@ -152,16 +179,17 @@ def main() -> None:
     )
     zoo = _zoo()
     image = torch.rand(1, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    worst = {"wall": 0.0, "cpu": 0.0}
     for name in args.models.split(","):
         model = randomise(zoo[name](), seed=0)
-        rows = jacobian_times(model, image, args.loop_rows, args.repeats)
-        ratio = _ratio(rows, "auto", ("linear", "vmap", "loop"))
-        shown = {k: (f"{v:.2f}s" if isinstance(v, float) else v) for k, v in rows.items()}
-        print(f"{name:11s} jacobian  auto/best {ratio:.2f}  {shown}")
-        maps = maps_times(model, image, args.repeats)
-        ratio = _ratio(maps, "auto", ("never", "always"))
-        shown = {k: (f"{v:.2f}s" if isinstance(v, float) else v) for k, v in maps.items()}
-        print(f"{name:11s} erf maps  auto/best {ratio:.2f}  {shown}")
+        for what, times in (
+            ("jacobian", jacobian_times(model, image, args.loop_rows, args.repeats)),
+            ("erf maps", maps_times(model, image, args.repeats)),
+        ):
+            wall, cpu = report(name, what, times)
+            worst = {"wall": max(worst["wall"], wall), "cpu": max(worst["cpu"], cpu)}
+        print(f"{'':11s} load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"worst auto/best: {worst['wall']:.2f} wall, {worst['cpu']:.2f} CPU (goal: at most 1.2)")
     print(f"load average after {os.getloadavg()[0]:.2f}")
 
 

@@ -190,6 +190,32 @@ def test_pooled_and_upsampled_net_has_an_exact_local_field():
         assert torch.equal(a.isnan(), b.isnan()) if a.is_floating_point() else torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "pool, upsample",
+    [
+        (nn.MaxPool2d(2), nn.Upsample(scale_factor=2, mode="bilinear")),
+        (nn.MaxPool2d(2), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)),
+        (nn.MaxPool2d(3, stride=2, padding=1), nn.Upsample(size=(16, 16), mode="bicubic")),
+        (nn.AvgPool2d(2), nn.Upsample(scale_factor=2)),
+    ],
+    ids=["max-bilinear", "max-bilinear-corners", "max3-bicubic", "avg-nearest"],
+)
+def test_pooled_and_upsampled_fields_hold_autograds_support(pool, upsample):
+    """Issue 15 item 15, the variants of the pooled net: the structural field (and the boxes
+    colouring uses) must contain every non-zero of the float64 autograd Jacobian."""
+    model = randomise(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), pool, nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(), upsample, nn.Conv2d(4, 2, 3, padding=1),
+        ),
+        seed=0,
+    )  # fmt: skip
+    field = receptive_field(model, 16)
+    assert field.tight and field.radius < 15  # local, not the whole 16x16 image
+    report = check_model(model, torch.rand(1, 16, 16))
+    assert not report.failures, report.failures
+
+
 def test_where_pytorch_autograd_is_wrong_the_engine_is_right():
     """torch 2.13 (CPU) computes InstanceNorm's backward wrongly when the incoming gradient is
     channels-last (here made so by a LayerNorm over channels): plain autograd is off by about

@@ -49,8 +49,8 @@ def mean_group_size(flat: torch.Tensor, width: int, period: tuple[int, int]) -> 
 def combined_gradients(engine, groups: list[torch.Tensor]) -> torch.Tensor:
     """Gradient of the sum of each group's outputs: (B, *source shape), one pass per group.
 
-    Uses the engine's recorded forward pass and strategy (``linear``: one windowed batched
-    backward over cotangents with several non-zero entries; ``vmap``: the same cotangents
+    Uses the engine's recorded forward pass and strategy (``linear``: windowed batched
+    backward passes over cotangents with several non-zero entries; ``vmap``: the same cotangents
     through ``torch.func``; ``loop``: one ``autograd.grad`` of the group's sum).
     """
     impl = engine.strategy_impl
@@ -67,19 +67,9 @@ def combined_gradients(engine, groups: list[torch.Tensor]) -> torch.Tensor:
                 grads.append(grad[0])
         return torch.stack(grads).to(engine.dtype)
     seeds = output_seeds(engine.logits, flat, engine.target_class, engine.output)
-    rows, cols = flat // engine.width, flat % engine.width
-    classes = int(engine.logits.shape[1])
     if engine.strategy == "linear":
-        from vessel_lens.interpret._linear import backward
-        from vessel_lens.interpret._window import Window, zeros
-
-        prepared = impl.prepared
-        seeds = seeds.to(engine.device, prepared.dtype)
-        top, left = int(rows.min()), int(cols.min())
-        height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
-        data = zeros(seeds, (len(groups), classes, height, width))
-        data[owner, :, rows - top, cols - left] = seeds
-        return backward(prepared, Window(data, top, left)).to(engine.dtype)
+        return _linear_combined(engine, groups, flat, owner, seeds)
+    classes = int(engine.logits.shape[1])
     seeds = seeds.to(engine.device, engine.dtype)
     cotangents = seeds.new_zeros((len(groups), 1, classes, engine.height * engine.width))
     cotangents[owner, 0, :, flat.to(engine.device)] = seeds
@@ -87,6 +77,33 @@ def combined_gradients(engine, groups: list[torch.Tensor]) -> torch.Tensor:
     with torch.enable_grad():
         (grads,) = impl.batched(cotangents)
     return grads[:, 0]
+
+
+def _linear_combined(engine, groups, flat, owner, seeds) -> torch.Tensor:
+    """The ``linear`` strategy's combined gradients, in passes small enough that no buffer
+    passes the allocator's mmap threshold on the CPU (:meth:`LinearStrategy.largest_batch`)."""
+    from vessel_lens.interpret._linear import backward
+    from vessel_lens.interpret._window import Window, zeros
+
+    impl = engine.strategy_impl
+    prepared = impl.prepared
+    seeds = seeds.to(engine.device, prepared.dtype)
+    rows, cols = flat // engine.width, flat % engine.width
+    classes = int(engine.logits.shape[1])
+    step = len(groups)
+    if engine.device.type == "cpu":
+        span = int(rows.max() - rows.min()), int(cols.max() - cols.min())
+        step = impl.largest_batch(*span)
+    parts = []
+    for start in range(0, len(groups), step):
+        chosen = (owner >= start) & (owner < start + step)
+        r, c, o = rows[chosen], cols[chosen], owner[chosen] - start
+        top, left = int(r.min()), int(c.min())
+        height, width = int(r.max()) - top + 1, int(c.max()) - left + 1
+        data = zeros(seeds, (min(step, len(groups) - start), classes, height, width))
+        data[o, :, r - top, c - left] = seeds[chosen.to(seeds.device)]
+        parts.append(backward(prepared, Window(data, top, left)).to(engine.dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def split_rows(

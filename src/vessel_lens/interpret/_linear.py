@@ -12,14 +12,18 @@ caller falls back to the generic ``vmap`` strategy.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from vessel_lens.interpret._allocator import MMAP_BYTES
 from vessel_lens.interpret._prepare import Prepared, Unsupported, prepare, spatial
 from vessel_lens.interpret._rules import RULES, rule_key, siblings
 from vessel_lens.interpret._tape import Ref, Tape
 from vessel_lens.interpret._tiles import (
     MIN_ROWS,
     Profile,
+    bounded_batches,
     build_profile,
     compact_groups,
     work_per_value,
@@ -27,6 +31,10 @@ from vessel_lens.interpret._tiles import (
 from vessel_lens.interpret._window import Window, accumulate, zeros
 
 __all__ = ["LinearStrategy", "Unsupported", "backward", "seed_window"]
+
+BUFFER_BYTES = MMAP_BYTES * 3 // 4
+"""On the CPU a batch is split so that no cotangent of its pass is larger than this: larger
+buffers are mapped afresh (and page-faulted) on every pass."""
 
 
 def backward(prep: Prepared, seed: Window, trace: list | None = None) -> torch.Tensor:
@@ -71,13 +79,27 @@ def backward(prep: Prepared, seed: Window, trace: list | None = None) -> torch.T
 def seed_window(
     output: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, seeds: torch.Tensor
 ) -> Window:
-    """One-hot cotangents on the (1, K, H, W) output: row n is ``seeds[n]`` at (rows[n], cols[n])."""
-    top, left = int(rows.min()), int(cols.min())
-    height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    """One-hot cotangents on the (1, K, H, W) output: row n is ``seeds[n]`` at (rows[n], cols[n]).
+
+    The window's sides are rounded up to a few sizes per octave (within the map): the windows
+    of every later step follow from it, and oneDNN builds its convolution kernels for each new
+    shape (1-3 ms per convolution on the CPU), so a few shapes serve every pixel set."""
+    map_h, map_w = (int(s) for s in output.shape[-2:])
+    top, height = _rounded(int(rows.min()), int(rows.max()), map_h)
+    left, width = _rounded(int(cols.min()), int(cols.max()), map_w)
     n, classes = seeds.shape
     data = zeros(seeds, (n, classes, height, width))
     data[torch.arange(n), :, rows - top, cols - left] = seeds
     return Window(data, top, left)
+
+
+def _rounded(low: int, high: int, length: int) -> tuple[int, int]:
+    """(start, size) of the span ``low..high`` grown inside ``0..length`` to a size with at
+    most three significant bits (8, 10, 12, 14, 16, 20, ...: at most 25 % more)."""
+    size = high - low + 1
+    step = 1 << max(0, size.bit_length() - 3)
+    size = min(length, -(-size // step) * step)
+    return min(low, length - size), size
 
 
 class LinearStrategy:
@@ -100,7 +122,14 @@ class LinearStrategy:
         output = self.prepared.tape.value(self.prepared.tape.output)
         groups = None
         if flat.device.type == "cpu" and len(flat) >= MIN_ROWS:
-            groups = compact_groups(rows, cols, self.profile(), self.height, self.width)
+            profile = self.profile()
+            groups = compact_groups(rows, cols, profile, self.height, self.width)
+            limit = BUFFER_BYTES * 8 // torch.finfo(self.prepared.dtype).bits
+            groups = bounded_batches(
+                groups or [torch.arange(len(flat))], rows, cols, profile, limit
+            )
+            if len(groups) == 1:
+                groups = None
         if groups is None:
             return backward(self.prepared, seed_window(output, rows, cols, seeds))
         result = None
@@ -118,18 +147,34 @@ class LinearStrategy:
             result.index_copy_(0, group, part)
         return result
 
+    def largest_batch(self, span_h: int, span_w: int) -> int:
+        """Most rows one pass over pixels spanning (span_h, span_w) output pixels may hold
+        before one of its cotangents passes :data:`BUFFER_BYTES` (on the CPU)."""
+        values = float(self.profile().largest(torch.tensor([span_h]), torch.tensor([span_w]))[0])
+        limit = BUFFER_BYTES * 8 // torch.finfo(self.prepared.dtype).bits
+        return max(1, int(limit // max(values, 1.0)))
+
     def profile(self) -> Profile:
-        """The one-pixel window of every backward step (traced once, at the centre)."""
+        """The one-pixel window of every backward step (traced once, at the centre, by a dry
+        pass: convolutions only size their windows)."""
         if self._profile is None:
-            prep = self.prepared
+            prep = replace(self.prepared, dry=True)
             output = prep.tape.value(prep.tape.output)
-            centre = torch.tensor([self.height // 2]), torch.tensor([self.width // 2])
-            ones = torch.ones((1, int(output.shape[1])), dtype=prep.dtype, device=output.device)
             trace: list = []
-            backward(prep, seed_window(output, *(c.to(output.device) for c in centre), ones), trace)
+            backward(prep, self._centre_seed(output), trace)
             steps = []
             for i, ref, window in trace:
-                work = work_per_value(prep, prep.tape.entries[i]) * int(window.data.shape[1])
-                steps.append((work, window.height, window.width, *spatial(prep.value(ref))))
+                channels = int(window.data.shape[1])
+                work = work_per_value(prep, prep.tape.entries[i]) * channels
+                steps.append(
+                    (work, window.height, window.width, *spatial(prep.value(ref)), channels)
+                )
             self._profile = build_profile(steps, self.height, self.width)
         return self._profile
+
+    def _centre_seed(self, output: torch.Tensor) -> Window:
+        prep = self.prepared
+        rows = torch.tensor([self.height // 2], device=output.device)
+        cols = torch.tensor([self.width // 2], device=output.device)
+        ones = torch.ones((1, int(output.shape[1])), dtype=prep.dtype, device=output.device)
+        return seed_window(output, rows, cols, ones)

@@ -18,6 +18,7 @@ import torch
 from vessel_lens.interpret import _ops as ops
 from vessel_lens.interpret._axes import NotSeparable, separable_maps
 from vessel_lens.interpret._boxes import layouts
+from vessel_lens.interpret._constants import derived
 from vessel_lens.interpret._tape import Entry, Ref, Tape, needed_entries, refs_in
 
 aten = ops.aten
@@ -52,6 +53,8 @@ class Prepared:
     members: dict[int, list[int]] = field(default_factory=dict)
     canon: dict[Ref, tuple[int, int, int, int]] = field(default_factory=dict)
     """Per needed tensor, the permutation giving its (1, C, H, W) form."""
+    dry: bool = False
+    """Convolutions return zeros of their windows' size: a pass that only traces windows."""
 
     def is_active(self, ref: object) -> bool:
         return isinstance(ref, Ref) and self.needed[ref.node]
@@ -144,7 +147,10 @@ def _group_siblings(prep: Prepared) -> None:
             prep.members[leader] = members
             for member in members:
                 prep.leader[member] = leader
-            prep.consts[("stacked", leader)] = torch.cat([prep.consts[m] for m in members])
+            weights = [prep.consts[m] for m in members]
+            prep.consts[("stacked", leader)] = derived(
+                ("stacked", len(weights)), weights, lambda w=weights: torch.cat(w)
+            )
 
 
 def _check_shapes(prep: Prepared, i: int, entry: Entry) -> None:
@@ -178,7 +184,8 @@ def _prepare_entry(prep: Prepared, i: int, entry: Entry, users: list[list[int]])
         weight = entry.args[1]
         if prep.is_active(weight) or len(entry.args[3]) != 2:
             raise Unsupported("only 2-D convolutions with constant weights are supported")
-        prep.consts[i] = prep.constant(weight).detach().to(dtype)
+        weight = prep.constant(weight)
+        prep.consts[i] = derived(("weight", dtype), (weight,), lambda: weight.detach().to(dtype))
     elif func in BATCH_NORM:
         if any(prep.is_active(a) for a in entry.args[1:5]):
             raise Unsupported(f"{entry.name} with input-dependent parameters")
@@ -236,9 +243,11 @@ def _prepare_entry(prep: Prepared, i: int, entry: Entry, users: list[list[int]])
 def _prepare_batch_norm(prep: Prepared, i: int, entry: Entry, users: list[list[int]]) -> None:
     weight, var = prep.constant(entry.args[1]), prep.constant(entry.args[4])
     eps = float(entry.args[-1])
-    scale = torch.rsqrt(var.double() + eps)
-    if weight is not None:
-        scale = scale * weight.double()
+
+    def scale() -> torch.Tensor:
+        factor = torch.rsqrt(var.double() + eps)
+        return factor if weight is None else factor * weight.double()
+
     source = entry.args[0]
     producer = prep.tape.entries[source.node]
     foldable = (
@@ -248,12 +257,20 @@ def _prepare_batch_norm(prep: Prepared, i: int, entry: Entry, users: list[list[i
         and (not producer.args[6] or int(producer.args[8]) == 1)
     )
     if foldable:
-        base = prep.constant(producer.args[1]).detach().double()
+        base = prep.constant(producer.args[1])
         shape = (1, -1, 1, 1) if producer.args[6] else (-1, 1, 1, 1)
-        prep.consts[source.node] = (base * scale.reshape(shape)).to(prep.dtype)
+
+        def folded() -> torch.Tensor:
+            return (base.detach().double() * scale().reshape(shape)).to(prep.dtype)
+
+        kind = ("batch-norm folded", eps, shape, prep.dtype)
+        prep.consts[source.node] = derived(kind, (base, var, weight), folded)
         prep.skip.add(i)
     else:
-        prep.consts[i] = scale.reshape(1, -1, 1, 1).to(prep.dtype)
+        kind = ("batch-norm scale", eps, prep.dtype)
+        prep.consts[i] = derived(
+            kind, (var, weight), lambda: scale().reshape(1, -1, 1, 1).to(prep.dtype)
+        )
 
 
 def _prepare_statistics(prep: Prepared, i: int, entry: Entry, dims, groups) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from vessel_lens.interpret import _ops as ops
+from vessel_lens.interpret._constants import derived
 from vessel_lens.interpret._prepare import (
     BATCH_NORM,
     IDENTITY,
@@ -31,6 +32,7 @@ from vessel_lens.interpret._rules_norm import (
 from vessel_lens.interpret._rules_resample import max_pool_rule, separable_rule, strided_slice
 from vessel_lens.interpret._tape import Entry, Ref
 from vessel_lens.interpret._window import (
+    FEW_CHANNELS,
     SMALL_MAP,
     Window,
     conv_input_grad,
@@ -41,6 +43,7 @@ from vessel_lens.interpret._window import (
 )
 
 aten = torch.ops.aten
+CHANNELS_LAST = torch.channels_last
 
 
 Rule = Callable[[Prepared, int, Entry, Window], list[tuple[Ref, Window | None]]]
@@ -69,16 +72,6 @@ def _box(window: Window) -> tuple[int, int, int, int]:
     return window.top, window.left, window.height, window.width
 
 
-def _extend(window: Window, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """The window's data zero-extended to ``box`` (top, left, height, width)."""
-    if _box(window) == box:
-        return window.data
-    full = zeros(window.data, (*window.data.shape[:-2], box[2], box[3]))
-    r, c = window.top - box[0], window.left - box[1]
-    full[..., r : r + window.height, c : c + window.width] = window.data
-    return full
-
-
 def _convolution(prep: Prepared, i: int, entry: Entry, grad: Window, stacked: bool = False):
     source = entry.args[0]
     in_size = spatial(prep.tape.value(source))
@@ -87,14 +80,18 @@ def _convolution(prep: Prepared, i: int, entry: Entry, grad: Window, stacked: bo
     key = ("stacked", i) if stacked else i
     weight = prep.consts[key]
     if transposed:
-        part = conv_transpose_input_grad(grad, weight, in_size, stride, padding, dilation, groups)
+        part = conv_transpose_input_grad(
+            grad, weight, in_size, stride, padding, dilation, groups, prep.dry
+        )
         return [(source, part)]
     matrix = None
-    if grad.height * grad.width <= SMALL_MAP and groups == 1:
+    if groups == 1 and (grad.height * grad.width <= SMALL_MAP or weight.shape[1] <= FEW_CHANNELS):
         if ("taps", key) not in prep.consts:
-            prep.consts[("taps", key)] = tap_matrix(weight)
+            prep.consts[("taps", key)] = derived("taps", (weight,), lambda: tap_matrix(weight))
         matrix = prep.consts[("taps", key)]
-    part = conv_input_grad(grad, weight, in_size, stride, padding, dilation, groups, matrix)
+    part = conv_input_grad(
+        grad, weight, in_size, stride, padding, dilation, groups, matrix, prep.dry
+    )
     return [(source, part)]
 
 
@@ -262,7 +259,21 @@ def siblings(prep: Prepared, leader: int, grads: dict[int, Window]):
     top, left = min(w.top for w in windows), min(w.left for w in windows)
     bottom = max(w.top + w.height for w in windows)
     right = max(w.left + w.width for w in windows)
-    box = (top, left, bottom - top, right - left)
-    data = torch.cat([_extend(w, box) for w in windows], 1)
-    stacked = Window(data.contiguous(memory_format=torch.channels_last), top, left, True)
+    first = windows[0].data
+    channels = sum(int(w.data.shape[1]) for w in windows)
+    shape = (int(first.shape[0]), channels, bottom - top, right - left)
+    covered = all(_box(w) == (top, left, bottom - top, right - left) for w in windows)
+    # one buffer for the stacked cotangent: each window is copied once, straight into place
+    data = (
+        torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=CHANNELS_LAST)
+        if covered
+        else zeros(first, shape)
+    )
+    offset = 0
+    for w in windows:
+        count = int(w.data.shape[1])
+        r, c = w.top - top, w.left - left
+        data[:, offset : offset + count, r : r + w.height, c : c + w.width].copy_(w.data)
+        offset += count
+    stacked = Window(data, top, left, True)
     return _convolution(prep, leader, entry, stacked, stacked=True)

@@ -31,21 +31,29 @@ def statistics_rule(prep: Prepared, i: int, entry: Entry, grad: Window):
 
     Per group, 1/σ is one number, so the two means only need sums over the window, and the
     dense part of the result is ``-(r·mean(ĝ)) - (r·mean(ĝ·x̂))·x̂``: one pass over the map,
-    plus ``r·ĝ`` added inside the window."""
+    plus ``r·ĝ`` added inside the window. The affine weight is per channel, so it scales the
+    sums instead of the cotangent (the result is memory-bound: each full-size pass counts)."""
     consts = prep.consts[i]
     source = entry.args[0]
     normalised, rstd, weight = consts["normalised"], consts["rstd"], consts["weight"]
     groups, count = consts["groups"], consts["count"]
-    n, channels = grad.data.shape[:2]
-    g = grad.data * weight
+    data = grad.data
+    n, channels = data.shape[:2]
     inside = grad.crop(normalised)
-    sums = torch.stack([g.sum((2, 3)), (g * inside).sum((2, 3))])  # (2, N, C)
+    sums = torch.stack([data.sum((2, 3)), (data * inside).sum((2, 3))])  # (2, N, C)
+    sums = sums * weight.reshape(1, 1, channels)
     sums = sums.reshape(2, n, groups, -1).sum(3, keepdim=True) / count
     sums = sums.expand(2, n, groups, channels // groups).reshape(2, n, channels, 1, 1)
     scale = rstd.reshape(1, channels, 1, 1)
-    result = torch.addcmul(-(scale * sums[0]), normalised, -(scale * sums[1]))
-    result = result.contiguous(memory_format=torch.channels_last)
-    grad.crop(result).add_(g * scale)
+    height, width = normalised.shape[-2:]
+    result = torch.empty(
+        (n, channels, height, width),
+        dtype=data.dtype,
+        device=data.device,
+        memory_format=torch.channels_last,
+    )
+    torch.addcmul(-(scale * sums[0]), normalised, -(scale * sums[1]), out=result)
+    grad.crop(result).addcmul_(data, (weight * scale).to(data.dtype))
     return [(source, Window(result, 0, 0, True))]
 
 

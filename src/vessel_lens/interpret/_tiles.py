@@ -39,7 +39,7 @@ SMALLEST_TILE = 16
 @dataclass
 class Profile:
     """Per backward step: work per cotangent value, the one-pixel window (h, w), the map's
-    size and its scale relative to the output."""
+    size, its scale relative to the output and the cotangent's channels."""
 
     work: torch.Tensor
     single_h: torch.Tensor
@@ -48,17 +48,29 @@ class Profile:
     map_w: torch.Tensor
     scale_h: torch.Tensor
     scale_w: torch.Tensor
+    channels: torch.Tensor
 
-    def cost(self, rows: torch.Tensor, span_h: torch.Tensor, span_w: torch.Tensor) -> float:
-        """Predicted cost of groups of ``rows`` rows spanning (span_h, span_w) output pixels
-        (one entry per group), overhead included."""
+    def windows(self, span_h: torch.Tensor, span_w: torch.Tensor):
+        """(steps, groups) heights and widths of the windows of groups spanning
+        (span_h, span_w) output pixels."""
         grown_h = torch.ceil(self.scale_h[:, None] * span_h[None].double())
         grown_w = torch.ceil(self.scale_w[:, None] * span_w[None].double())
         h = torch.minimum(self.map_h[:, None], self.single_h[:, None] + grown_h)
         w = torch.minimum(self.map_w[:, None], self.single_w[:, None] + grown_w)
+        return h, w
+
+    def cost(self, rows: torch.Tensor, span_h: torch.Tensor, span_w: torch.Tensor) -> float:
+        """Predicted cost of groups of ``rows`` rows spanning (span_h, span_w) output pixels
+        (one entry per group), overhead included."""
+        h, w = self.windows(span_h, span_w)
         work = (self.work[:, None] * h * w * rows[None].double()).sum()
         single = float((self.work * self.single_h * self.single_w).sum())
         return float(work) + OVERHEAD_ROWS * single * len(rows)
+
+    def largest(self, span_h: torch.Tensor, span_w: torch.Tensor) -> torch.Tensor:
+        """Per group, the most values one row's cotangent holds at any step."""
+        h, w = self.windows(span_h, span_w)
+        return (self.channels[:, None] * h * w).amax(0)
 
 
 def work_per_value(prep, entry) -> float:
@@ -74,11 +86,14 @@ def work_per_value(prep, entry) -> float:
     return int(weight.shape[1]) * kh * kw
 
 
-def build_profile(steps: list[tuple[float, int, int, int, int]], out_h: int, out_w: int):
-    """A :class:`Profile` from traced steps (work, window h, window w, map h, map w)."""
-    columns = list(zip(*steps, strict=True)) if steps else [()] * 5
-    work, single_h, single_w, map_h, map_w = (torch.tensor(c, dtype=torch.float64) for c in columns)
-    return Profile(work, single_h, single_w, map_h, map_w, map_h / out_h, map_w / out_w)
+def build_profile(steps: list[tuple[float, int, int, int, int, int]], out_h: int, out_w: int):
+    """A :class:`Profile` from traced steps (work, window h, window w, map h, map w,
+    channels)."""
+    columns = list(zip(*steps, strict=True)) if steps else [()] * 6
+    work, single_h, single_w, map_h, map_w, channels = (
+        torch.tensor(c, dtype=torch.float64) for c in columns
+    )
+    return Profile(work, single_h, single_w, map_h, map_w, map_h / out_h, map_w / out_w, channels)
 
 
 def _spans(rows: torch.Tensor, cols: torch.Tensor, key: torch.Tensor, groups: int):
@@ -117,3 +132,26 @@ def compact_groups(
     order = torch.argsort(best_key, stable=True)
     sizes = torch.bincount(best_key).tolist()
     return [part for part in torch.split(order, sizes) if len(part)]
+
+
+def bounded_batches(
+    groups: list[torch.Tensor],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    profile: Profile,
+    limit: int,
+) -> list[torch.Tensor]:
+    """``groups`` with each split into consecutive parts whose largest cotangent holds at most
+    ``limit`` values (the allocator maps larger buffers afresh on every pass,
+    :mod:`._allocator`); one part at least one row."""
+    if not groups:
+        return groups
+    key = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups]))
+    order = torch.cat(groups)
+    counts, span_h, span_w = _spans(rows[order], cols[order], key, len(groups))
+    values = profile.largest(span_h, span_w) * counts.double()
+    parts: list[torch.Tensor] = []
+    for group, total in zip(groups, values.tolist(), strict=True):
+        pieces = min(len(group), math.ceil(total / limit)) if total > limit else 1
+        parts.extend(group.tensor_split(pieces))
+    return parts

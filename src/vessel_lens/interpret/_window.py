@@ -158,6 +158,40 @@ def _scatter_taps(
     return full.permute(0, 3, 1, 2)
 
 
+FEW_CHANNELS = 1
+"""Convolutions from this many channels or fewer (a grayscale model's first layer) get their
+input gradient from :func:`_plane_taps`: oneDNN's transposed convolution to one channel runs
+at less than half the speed (for two or three channels the planes lose)."""
+
+
+def _plane_taps(
+    data: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    matrix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``conv_transpose2d`` without padding into one channel: one GEMM gives a plane per
+    kernel tap, and each plane is added at its shift."""
+    n, c_out, h, w = data.shape
+    c_in, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dh, dw) = stride, dilation
+    matrix = tap_matrix(weight) if matrix is None else matrix
+    taps = data.permute(0, 2, 3, 1).reshape(-1, c_out) @ matrix
+    planes = taps.reshape(n, h, w, kh * kw, c_in).permute(0, 3, 4, 1, 2).contiguous()
+    height, width = (h - 1) * sh + dh * (kh - 1) + 1, (w - 1) * sw + dw * (kw - 1) + 1
+    full = zeros(data, (n, c_in, height, width))
+    for i in range(kh):
+        for j in range(kw):
+            full[
+                :,
+                :,
+                i * dh : i * dh + (h - 1) * sh + 1 : sh,
+                j * dw : j * dw + (w - 1) * sw + 1 : sw,
+            ] += planes[:, i * kw + j]
+    return full
+
+
 def conv_input_grad(
     window: Window,
     weight: torch.Tensor,
@@ -167,12 +201,14 @@ def conv_input_grad(
     dilation: tuple[int, int],
     groups: int,
     matrix: torch.Tensor | None = None,
+    dry: bool = False,
 ) -> Window | None:
     """Input gradient of ``conv2d`` restricted to the inputs the window's outputs read.
 
     Output o reads inputs o*s - p + k*d (k < K). The full transposed convolution of the window
     covers inputs from ``top*s - p``; ``padding``/``output_padding`` of ``conv_transpose2d``
-    crop it to the valid range where they can, otherwise the result is sliced.
+    crop it to the valid range where they can, otherwise the result is sliced. ``dry``: only
+    the window's place and size matter (zeros instead of the gradient).
     """
     kernel = weight.shape[-2:]
     starts, sizes, pads, out_pads, slices = [], [], [], [], []
@@ -198,8 +234,13 @@ def conv_input_grad(
         pads.append(plan[0])
         out_pads.append(plan[1])
         slices.append(plan[2])
-    if groups == 1 and window.height * window.width <= SMALL_MAP:
-        grad = _scatter_taps(window.data, weight, stride, dilation, matrix)
+    if dry:
+        shape = (int(window.data.shape[0]), int(weight.shape[1]) * groups, *sizes)
+        return Window(zeros(window.data, shape), starts[0], starts[1], True)
+    small = window.height * window.width <= SMALL_MAP
+    if groups == 1 and (small or weight.shape[1] <= FEW_CHANNELS):
+        taps = _scatter_taps if small else _plane_taps
+        grad = taps(window.data, weight, stride, dilation, matrix)
         for axis, pad in enumerate(pads):
             slices[axis] = (
                 (pad, pad + sizes[axis])
@@ -228,11 +269,12 @@ def conv_transpose_input_grad(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
+    dry: bool = False,
 ) -> Window | None:
     """Input gradient of ``conv_transpose2d``: a strided ``conv2d`` over the window.
 
     Input i writes outputs i*s - p + k*d, so its gradient reads them; only inputs whose
-    outputs meet the window are computed.
+    outputs meet the window are computed (``dry``: zeros of that size).
     """
     kernel = weight.shape[-2:]
     data = window.data
@@ -258,6 +300,9 @@ def conv_transpose_input_grad(
         sizes.append(n)
         befores.append(before)
         afters.append(after)
+    if dry:
+        shape = (int(data.shape[0]), int(weight.shape[0]), *sizes)
+        return Window(zeros(data, shape), starts[0], starts[1], True)
     if symmetric:
         grad = F.conv2d(data, weight, None, stride, tuple(befores), dilation, groups)
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from vessel_lens.interpret._erf_colour import (
 )
 from vessel_lens.interpret._inputs import flat_pixels
 from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps, build_maps
-from vessel_lens.interpret.field import receptive_field
+from vessel_lens.interpret.field import receptive_field, tape_field
 from vessel_lens.interpret.jacobian import JacobianEngine, _check_chunk
 from vessel_lens.interpret.local import LOCAL_PIXELS, CropJacobian, plan_crops
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude
@@ -156,12 +157,15 @@ def _add_dense(accumulator: Accumulator, flat: torch.Tensor, rows: torch.Tensor,
 def _plan_colouring(colouring: str, engine, model: nn.Module, flat: torch.Tensor):
     if colouring == "never":
         return None
-    field = receptive_field(
-        model,
-        (engine.height, engine.width),
-        in_channels=int(engine.source_shape[0]),
-        device=engine.device,
-    )
+    if engine.strategy == "linear" and engine.tape is not None:
+        field = tape_field(engine.tape)  # the engine's own recording of this image
+    else:
+        field = receptive_field(
+            model,
+            (engine.height, engine.width),
+            in_channels=int(engine.source_shape[0]),
+            device=engine.device,
+        )
     if not field.tight:
         if colouring == "always":
             raise ConfigError(
@@ -189,8 +193,11 @@ def _coloured_groups(flat, width, field, coarse: bool) -> list[torch.Tensor]:
 
 
 PILOT_GROUPS = 32
-"""Colour groups in the trial batch of ``colouring="auto"`` (enough for batching to pay as it
-does in the full run; small batches overstate colouring's cost)."""
+"""Colour groups in the trial batch of ``colouring="auto"`` for ``vmap`` and ``loop`` (enough
+for batching to pay as it does in the full run; small batches overstate colouring's cost)."""
+PLAIN_TRIAL = 32
+"""Rows of the plain trial chunk of ``colouring="auto"`` (at most one chunk): where colouring
+wins, each trial row costs several coloured ones, so the trial is kept short."""
 
 
 class _Run:
@@ -227,27 +234,38 @@ class _Run:
             if self.progress is not None:
                 self.progress(len(part))
 
+    def pilot_groups(self, chunk: int) -> int:
+        """Colour groups of the trial batch: one whole pass of the coloured run where the
+        ``linear`` strategy bounds its passes on the CPU (a smaller first pass costs more
+        per group than the run's own), else :data:`PILOT_GROUPS`."""
+        engine = self.engine
+        if engine.strategy != "linear" or engine.device.type != "cpu":
+            return PILOT_GROUPS
+        whole = engine.strategy_impl.largest_batch(engine.height - 1, engine.width - 1)
+        return max(1, min(chunk, whole))
+
     def cheaper(self, flat: torch.Tensor, field, coarse: bool, chunk: int) -> None:
         order = coarse_first(flat, self.engine.width) if coarse else flat
-        trial = order[:chunk]
+        trial = order[: min(chunk, PLAIN_TRIAL)]
         started = time.perf_counter()
         self.plain(trial, chunk)
         plain_rate = (time.perf_counter() - started) / max(len(trial), 1)
-        rest = order[chunk:]
+        rest = order[len(trial) :]
         if len(rest) == 0:
             self.choice = "plain (one chunk held every pixel)"
             return
         groups = _coloured_groups(rest, self.engine.width, field, coarse)
+        pilot = self.pilot_groups(chunk)
         started = time.perf_counter()
-        self.coloured(groups[:PILOT_GROUPS], PILOT_GROUPS, field)
-        tried = sum(len(g) for g in groups[:PILOT_GROUPS])
+        self.coloured(groups[:pilot], pilot, field)
+        tried = sum(len(g) for g in groups[:pilot])
         coloured_rate = (time.perf_counter() - started) / max(tried, 1)
         if coloured_rate < plain_rate:
             self.choice = f"coloured ({coloured_rate * 1e3:.2f} vs {plain_rate * 1e3:.2f} ms/pixel)"
-            self.coloured(groups[PILOT_GROUPS:], chunk, field)
+            self.coloured(groups[pilot:], chunk, field)
         else:
             self.choice = f"plain ({plain_rate * 1e3:.2f} vs {coloured_rate * 1e3:.2f} ms/pixel)"
-            left = torch.cat(groups[PILOT_GROUPS:]) if len(groups) > PILOT_GROUPS else rest[:0]
+            left = torch.cat(groups[pilot:]) if len(groups) > pilot else rest[:0]
             left = torch.sort(left).values
             self.plain(coarse_first(left, self.engine.width) if coarse else left, chunk)
 
@@ -344,8 +362,8 @@ def receptive_field_maps(
     reduced = accumulator.finish()
     strategy_used = engine.strategy
     probability = engine.probability.cpu()
+    _release(engine)
     del engine
-    gc.collect()  # the engine's recorded forward pass sits in a reference cycle
     metadata = {
         "strategy": strategy_used,
         "colouring": run.coloured_rows > 0,
@@ -358,6 +376,19 @@ def receptive_field_maps(
         "seconds": time.perf_counter() - started,
     }
     return reduction.maps(reduced, probability, metadata)
+
+
+def _release(engine: JacobianEngine) -> None:
+    """Free the engine's recorded forward pass now: drop what the engine holds and collect
+    garbage only if its strategy or tape outlives that (a reference cycle); a full
+    ``gc.collect()`` costs about 0.1 s in a process with many objects, more than a small
+    model's whole map."""
+    parts = (engine.strategy_impl, getattr(engine, "tape", None))
+    survivors = [weakref.ref(part) for part in parts if part is not None]
+    engine.__dict__.clear()
+    del parts
+    if any(survivor() is not None for survivor in survivors):
+        gc.collect()
 
 
 def _maps_on_crops(model, image, pixels, chunk_size, reduction, progress, options, started):

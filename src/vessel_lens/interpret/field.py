@@ -174,6 +174,21 @@ def receptive_field(
     else:
         with frozen_eval(model):
             boxes = empirical_boxes(model, size, in_channels, device)
+    return _from_boxes(boxes, size, method, tight, reasons)
+
+
+def tape_field(tape) -> ReceptiveField:
+    """The structural field of a recorded forward pass (:mod:`._tape`) whose operations all
+    ran with gradients (so no custom ``autograd.Function`` lies on the path: a tape the
+    ``linear`` strategy accepted), at its output's size: no second recording."""
+    size = tuple(int(s) for s in tape.value(tape.output).shape[-2:])
+    structural = structural_boxes(tape)
+    return _from_boxes(
+        structural.boxes, size, "structural", structural.tight, tuple(structural.reasons)
+    )
+
+
+def _from_boxes(boxes, size, method, tight, reasons) -> ReceptiveField:
     height, width = size
     rows = torch.arange(height).repeat_interleave(width)
     cols = torch.arange(width).repeat(height)

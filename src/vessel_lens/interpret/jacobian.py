@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vessel_lens.errors import ConfigError
+from vessel_lens.interpret._allocator import keep_freed_memory
 from vessel_lens.interpret._autograd import LoopStrategy, VmapStrategy, forward_from
 from vessel_lens.interpret._inputs import flat_pixels, frozen_eval, output_seeds
 from vessel_lens.interpret._linear import LinearStrategy, Unsupported
@@ -95,6 +96,8 @@ class JacobianEngine:
         if low_precision and strategy in ("vmap", "loop"):
             raise ConfigError(f"dtype {dtype} is only supported by the linear strategy")
         self.device = torch.device(device) if device is not None else _model_device(model, image)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.output, self.dtype, self.layer = output, dtype, layer
         self.fallback = ""
         """Why ``auto`` did not use a faster strategy (empty when it did not fall back)."""

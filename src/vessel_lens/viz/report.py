@@ -228,8 +228,7 @@ def _image_part(
     bar.total += len(pixels) * len(options.methods)
     bar.refresh()
     coords = torch.tensor([[r, c] for r, c, _ in pixels], dtype=torch.long).reshape(-1, 2)
-    # one autograd pass per row ("loop") is the quickest strategy for a handful of pixels
-    gradients = jacobian(model, image, pixels=coords, device=device, strategy="loop")
+    gradients = jacobian(model, image, pixels=coords, device=device)
     gradients = gradients.float().cpu()
     magnitude = gradient_magnitude(gradients)
     stats = [pixel_stats(m, threshold_value(m, options.threshold, "pixel")) for m in magnitude]
