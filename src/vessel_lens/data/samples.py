@@ -98,6 +98,8 @@ def load_sample(files: SampleFiles, keep_channels: bool = False) -> Sample:
 def load_samples(
     files: Sequence[SampleFiles], keep_channels: bool = False, require_labels: bool = True
 ) -> list[Sample]:
+    """Load every sample of ``files`` (see :func:`load_sample`); all must have the same channel
+    count, and a label unless ``require_labels`` is False (a :class:`DataError` names the file)."""
     samples = [load_sample(f, keep_channels) for f in files]
     if require_labels:
         for f, s in zip(files, samples, strict=True):

@@ -54,6 +54,7 @@ def resolve_splits(
 
 
 def write_splits(splits: dict[str, list[str]], folder: Path) -> None:
+    """Write ``folder/train.txt``, ``val.txt`` and ``test.txt``: one image stem per line."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
         (folder / f"{name}.txt").write_text("".join(f"{s}\n" for s in splits.get(name, [])))

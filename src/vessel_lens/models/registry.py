@@ -27,6 +27,7 @@ the same without BatchNorm; ``unet`` is a plain U-Net of similar size."""
 
 
 def list_models() -> list[str]:
+    """The names :func:`create_model` accepts, sorted."""
     return sorted(MODELS)
 
 
