@@ -34,8 +34,10 @@ UNET_ARGS = {
 
 
 def readme_factory() -> str:
-    """The factory file of the manual's worked example (docs/models.md) (the block starting ``# my_unet.py``)."""
-    section = MODELS_PAGE.read_text().split("## Models and checkpoints\n", 1)[1].split("\n## ", 1)[0]
+    """The factory file of the worked example in docs/models.md (the block ``# my_unet.py``)."""
+    section = (
+        MODELS_PAGE.read_text().split("## Models and checkpoints\n", 1)[1].split("\n## ", 1)[0]
+    )
     blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
     found = [b for b in blocks if b.startswith("# my_unet.py\n")]
     assert len(found) == 1, "docs/models.md shows my_unet.py once"
