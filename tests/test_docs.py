@@ -1,8 +1,10 @@
 """The documentation: the MkDocs site builds strictly, the API reference lists every public name
-with its docstring, and the README's tour uses commands and options that exist."""
+with its docstring, every public function's docstring ends with an example that runs, and the
+README's tour uses commands and options that exist."""
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import inspect
 import os
@@ -43,6 +45,34 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "site" / "reference" / "interpret" / "index.html").read_text()
     assert "receptive_field_maps" in page and "JacobianEngine" in page
+
+
+EXAMPLES = ("vessel_lens.data", "vessel_lens.models", "vessel_lens.training")
+"""Packages whose public functions must show a runnable example in their docstrings."""
+
+
+def public_functions():
+    for package in EXAMPLES:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            value = getattr(module, name)
+            if inspect.isfunction(value):
+                yield pytest.param(value, id=f"{package}.{name}")
+
+
+@pytest.mark.parametrize("function", list(public_functions()))
+def test_public_functions_end_with_an_example_that_runs(function):
+    """The ``Examples:`` section of the docstring, run as a doctest (ellipsis allowed)."""
+    name = f"{function.__module__}.{function.__qualname__}"
+    found = doctest.DocTestFinder(recurse=False).find(function, name, globs={})
+    examples = [test for test in found if test.examples]
+    assert examples, f"{name}: its docstring has no example"
+    assert "Examples:" in function.__doc__, f"{name}: the example has no 'Examples:' heading"
+    report: list[str] = []
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in examples:
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
 
 
 def documented(page: str) -> set[str]:
