@@ -1,4 +1,4 @@
-"""The command line, its configuration dataclasses and the README's option tables agree."""
+"""The command line, its configuration dataclasses and the manual's option tables agree."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import typer
 
 from vessel_lens.cli import build_app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-TABLES = {"## The interactive app": "app"}
-"""README sections holding an ``| option | default | |`` table, and the command it documents."""
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TABLES = {"app.md": "app"}
+"""Manual pages holding an ``| option | default | |`` table, and the command it documents."""
 
 
 def command_defaults(name: str) -> dict[str, object]:
@@ -26,8 +26,8 @@ def command_defaults(name: str) -> dict[str, object]:
     }
 
 
-def readme_rows(section: str) -> list[tuple[str, str]]:
-    text = README.read_text().split(section, 1)[1].split("\n## ", 1)[0]
+def page_rows(page: str) -> list[tuple[str, str]]:
+    text = (DOCS / page).read_text()
     rows = []
     for line in text.splitlines():
         match = re.match(r"\| (`--[^|]+) \| ([^|]+) \|", line)
@@ -50,18 +50,18 @@ def as_written(value: object) -> str:
     return str(value)
 
 
-@pytest.mark.parametrize(("section", "command"), TABLES.items())
-def test_readme_option_tables_show_the_command_line_defaults(section, command):
+@pytest.mark.parametrize(("page", "command"), TABLES.items())
+def test_manual_option_tables_show_the_command_line_defaults(page, command):
     defaults = command_defaults(command)
-    rows = readme_rows(section)
-    assert rows, f"no option table found under {section!r}"
+    rows = page_rows(page)
+    assert rows, f"no option table found in docs/{page}"
     for option, written in rows:
-        assert option in defaults, f"README documents {option}, which `{command}` lacks"
+        assert option in defaults, f"docs/{page} documents {option}, which `{command}` lacks"
         actual = defaults[option]
         if written in ("none", "synthetic vessels", "vessmap-w16") and actual is None:
             continue  # documented default applied after parsing
         assert written == as_written(actual), (
-            f"{command} {option}: README {written!r}, CLI {actual!r}"
+            f"{command} {option}: docs/{page} {written!r}, CLI {actual!r}"
         )
 
 

@@ -1,4 +1,4 @@
-"""End to end on a dataset laid out like DRIVE, as the README's worked example: a CSV manifest
+"""End to end on a dataset laid out like DRIVE, as the manual's worked example (docs/data.md): a CSV manifest
 over LZW-compressed RGB TIFF images, palette GIF labels with other stems and GIF field-of-view
 masks. Loads, trains, evaluates inside the masks, and runs jacobian, erf, erf-stats, report and
 the app. Tiny images (sides not multiples of 16), a width-4 model, two epochs."""

@@ -1,4 +1,4 @@
-"""Models from outside vessel-lens through the command line (issue 12 item 4): the README's
+"""Models from outside vessel-lens through the command line (issue 12 item 4): the manual's
 MONAI UNet factory file and ``--model monai.networks.nets:UNet --model-args ... --weights``
 through evaluate, predict, jacobian, erf, report and the app (Flask test client), TorchScript
 and torch.export files through jacobian, evaluate and predict, and bad inputs as one line."""
@@ -20,7 +20,7 @@ from vessel_lens.models import create_model, save_checkpoint
 
 nets = pytest.importorskip("monai.networks.nets")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+MODELS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 SIZE = 32
 CHANNELS = [4, 8, 16]
 UNET_ARGS = {
@@ -34,11 +34,13 @@ UNET_ARGS = {
 
 
 def readme_factory() -> str:
-    """The factory file of the README's worked example (the block starting ``# my_unet.py``)."""
-    section = README.read_text().split("## Models and checkpoints\n", 1)[1].split("\n## ", 1)[0]
+    """The factory file of the worked example in docs/models.md (the block ``# my_unet.py``)."""
+    section = (
+        MODELS_PAGE.read_text().split("## Models and checkpoints\n", 1)[1].split("\n## ", 1)[0]
+    )
     blocks = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
     found = [b for b in blocks if b.startswith("# my_unet.py\n")]
-    assert len(found) == 1, "the README shows my_unet.py once"
+    assert len(found) == 1, "docs/models.md shows my_unet.py once"
     return found[0]
 
 
@@ -96,7 +98,7 @@ def reference_rows(unet, image: torch.Tensor) -> torch.Tensor:
 
 SOURCES = {
     "module": module_options,
-    "README factory file": file_options,
+    "manual factory file": file_options,
     "TorchScript": lambda root: ["--checkpoint", str(root / "traced.pt")],
     "torch.export": lambda root: ["--checkpoint", str(root / "unet.pt2")],
 }

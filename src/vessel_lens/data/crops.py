@@ -39,7 +39,13 @@ def parse_crop_box(value: str | Sequence[int], option: str = "--crop-box") -> Cr
     """A box from ``"TOP,LEFT,H,W"`` (or four integers), checked on its own: whole numbers,
     top and left at least 0, sides at least ``MIN_SIDE`` (the smallest image the models and the
     Jacobian engine accept). Whether it fits an image is :func:`check_inside`'s question.
-    Raises :class:`ConfigError` in one line naming ``option`` and the value as given."""
+    Raises :class:`ConfigError` in one line naming ``option`` and the value as given.
+
+    Examples:
+        >>> from vessel_lens.data import parse_crop_box
+        >>> parse_crop_box("120,40,64,96")
+        (120, 40, 64, 96)
+    """
     shown = _shown(value)
     usage = (
         f"{option} {shown}: expected TOP,LEFT,HEIGHT,WIDTH, four whole numbers (e.g. 120,40,64,64)"
@@ -103,7 +109,15 @@ def resolve_crop(
     height: int, width: int, image: str, crop: int | None = 0, box: CropBox | None = None
 ) -> CropBox:
     """The box of an image: ``box`` when given (checked to lie inside), otherwise the centred
-    ``crop`` x ``crop`` square (``crop`` 0 or None: the whole image)."""
+    ``crop`` x ``crop`` square (``crop`` 0 or None: the whole image).
+
+    Examples:
+        >>> from vessel_lens.data import resolve_crop
+        >>> resolve_crop(256, 256, "5740", crop=64)  # the centred 64 x 64 square
+        (96, 96, 64, 64)
+        >>> resolve_crop(256, 256, "5740", crop=0)  # the whole image
+        (0, 0, 256, 256)
+    """
     if box is not None:
         return check_inside(tuple(box), height, width, image)  # type: ignore[arg-type]
     return centred_box(height, width, crop or 0, image)
@@ -111,7 +125,14 @@ def resolve_crop(
 
 def crop_to_box(item: T, box: CropBox) -> T:
     """The ``box`` part of an image tensor (..., H, W) or of a sample (image, label, skeleton
-    and mask alike; copies, so the sample's own tensors are left alone). Checked to lie inside."""
+    and mask alike; copies, so the sample's own tensors are left alone). Checked to lie inside.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.data import crop_to_box
+        >>> crop_to_box(torch.zeros(1, 256, 256), (120, 40, 64, 96)).shape
+        torch.Size([1, 64, 96])
+    """
     top, left, height, width = box
     shape = item.size if isinstance(item, Sample) else tuple(item.shape[-2:])
     name = item.stem if isinstance(item, Sample) else "tensor"

@@ -225,7 +225,18 @@ def index_manifest(csv_path: Path) -> DatasetIndex:
 
 
 def index_dataset(path: str | Path) -> DatasetIndex:
-    """Index a dataset folder or CSV manifest; raise :class:`DataError` when it is unusable."""
+    """Index a dataset folder or CSV manifest; raise :class:`DataError` when it is unusable.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = write_synthetic_dataset(Path(folder), count=4, size=32, progress=False)
+        ...     index = index_dataset(folder)
+        >>> index.kind, [files.stem for files in index.samples][:2]
+        ('folder', ['synth0000', 'synth0001'])
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset not found")

@@ -238,7 +238,21 @@ def to_unit_image(raw: np.ndarray, name: str | Path, keep_channels: bool = False
 
 
 def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
-    """Read an image file as float32 (C, H, W) in [0, 1] (see :func:`to_unit_image`)."""
+    """Read an image file as float32 (C, H, W) in [0, 1] (see :func:`to_unit_image`).
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vessel_lens.data import read_image
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     Image.fromarray(np.full((16, 24, 3), 255, np.uint8)).save(Path(folder) / "rgb.png")
+        ...     gray = read_image(Path(folder) / "rgb.png")
+        ...     rgb = read_image(Path(folder) / "rgb.png", keep_channels=True)
+        >>> gray.shape, rgb.shape, float(gray.max())
+        ((1, 16, 24), (3, 16, 24), 1.0)
+    """
     return to_unit_image(read_raw(path), path, keep_channels)
 
 
@@ -258,6 +272,18 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, MaskInfo]:
 
     Returns the boolean (H, W) mask and how many distinct values the file held, so callers
     can warn about masks that are not binary.
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vessel_lens.data import read_mask
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     Image.fromarray(np.eye(16, dtype=np.uint8) * 255).save(Path(folder) / "label.png")
+        ...     mask, info = read_mask(Path(folder) / "label.png")
+        >>> mask.shape, mask.dtype, int(mask.sum())
+        ((16, 16), dtype('bool'), 16)
     """
     raw = read_raw(path)
     if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():

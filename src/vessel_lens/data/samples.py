@@ -61,7 +61,21 @@ def read_fov_mask(
 ) -> tuple[torch.Tensor | None, list[str]]:
     """A field-of-view mask (non-zero inside) and every problem it has: another size than
     the image, more than two distinct values, no pixel inside. The mask is None when there
-    is a problem. Unreadable files raise :class:`DataError`."""
+    is a problem. Unreadable files raise :class:`DataError`.
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vessel_lens.data import read_fov_mask
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = Path(folder) / "fov.png"
+        ...     Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4)).save(path)
+        ...     mask, problems = read_fov_mask(path, (16, 16), Path("image.png"))
+        >>> int(mask.sum()), problems
+        (64, [])
+    """
     mask, info = read_mask(path)
     problems = []
     if mask.shape != shape:
@@ -80,7 +94,18 @@ def read_fov_mask(
 
 
 def load_sample(files: SampleFiles, keep_channels: bool = False) -> Sample:
-    """Read a sample's files; raise :class:`DataError` on any unreadable or mismatched file."""
+    """Read a sample's files; raise :class:`DataError` on any unreadable or mismatched file.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, load_sample, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = write_synthetic_dataset(Path(folder), count=1, size=32, progress=False)
+        ...     sample = load_sample(index_dataset(folder).samples[0])
+        >>> sample.stem, tuple(sample.image.shape), tuple(sample.label.shape), sample.mask
+        ('synth0000', (1, 32, 32), (32, 32), None)
+    """
     image = torch.from_numpy(read_image(files.image, keep_channels=keep_channels))
     shape = (int(image.shape[-2]), int(image.shape[-1]))
     label = _load_mask(files.label, "label", shape, files.image) if files.label else None
@@ -98,6 +123,19 @@ def load_sample(files: SampleFiles, keep_channels: bool = False) -> Sample:
 def load_samples(
     files: Sequence[SampleFiles], keep_channels: bool = False, require_labels: bool = True
 ) -> list[Sample]:
+    """Load every sample of ``files`` (see :func:`load_sample`); all must have the same channel
+    count, and a label unless ``require_labels`` is False (a :class:`DataError` names the file).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, load_samples, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = write_synthetic_dataset(Path(folder), count=2, size=32, progress=False)
+        ...     samples = load_samples(index_dataset(folder).samples)
+        >>> [s.stem for s in samples], samples[0].image.dtype
+        (['synth0000', 'synth0001'], torch.float32)
+    """
     samples = [load_sample(f, keep_channels) for f in files]
     if require_labels:
         for f, s in zip(files, samples, strict=True):

@@ -16,6 +16,12 @@ def seeded_split(
     """Split ``stems`` at random into train/val/test by ``fractions`` (reproducible by ``seed``).
 
     Every split gets at least one stem when there are at least three stems.
+
+    Examples:
+        >>> from vessel_lens.data import seeded_split
+        >>> splits = seeded_split([f"img{i}" for i in range(10)], (0.6, 0.2, 0.2), seed=0)
+        >>> {name: len(stems) for name, stems in splits.items()}
+        {'train': 6, 'val': 2, 'test': 2}
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(
@@ -46,7 +52,18 @@ def resolve_splits(
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     seed: int = 0,
 ) -> tuple[dict[str, list[str]], str]:
-    """Return the splits to use and where they came from (``"dataset"`` or ``"seeded"``)."""
+    """Return the splits to use and where they came from (``"dataset"`` or ``"seeded"``).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, resolve_splits, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = write_synthetic_dataset(Path(folder), count=5, size=32, progress=False)
+        ...     splits, origin = resolve_splits(index_dataset(folder))
+        >>> origin, {name: len(stems) for name, stems in splits.items()}
+        ('seeded', {'train': 3, 'val': 1, 'test': 1})
+    """
     if index.splits:
         splits = {name: list(index.splits.get(name, [])) for name in SPLIT_NAMES}
         return splits, "dataset"
@@ -54,6 +71,18 @@ def resolve_splits(
 
 
 def write_splits(splits: dict[str, list[str]], folder: Path) -> None:
+    """Write ``folder/train.txt``, ``val.txt`` and ``test.txt``: one image stem per line.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import write_splits
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     write_splits({"train": ["a", "b"], "val": ["c"], "test": ["d"]}, Path(folder))
+        ...     print((Path(folder) / "train.txt").read_text(), end="")
+        a
+        b
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
         (folder / f"{name}.txt").write_text("".join(f"{s}\n" for s in splits.get(name, [])))
@@ -68,7 +97,18 @@ def read_splits(folder: Path) -> dict[str, list[str]]:
 
 
 def split_stems(index: DatasetIndex, split: str | None, seed: int = 0) -> list[str]:
-    """Stems of one split (``None`` or ``"all"`` means every sample)."""
+    """Stems of one split (``None`` or ``"all"`` means every sample).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, split_stems, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = write_synthetic_dataset(Path(folder), count=5, size=32, progress=False)
+        ...     index = index_dataset(folder)
+        >>> len(split_stems(index, "all")), len(split_stems(index, "test"))
+        (5, 1)
+    """
     if split in (None, "all"):
         return index.stems
     if split not in SPLIT_NAMES:

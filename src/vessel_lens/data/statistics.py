@@ -37,7 +37,15 @@ def _inside(sample: Sample, values) -> np.ndarray:
 
 
 def data_statistics(samples: Sequence[Sample]) -> dict:
-    """The statistics of ``samples`` (see the module docs) as plain values for a checkpoint."""
+    """The statistics of ``samples`` (see the module docs) as plain values for a checkpoint.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.data import Sample, data_statistics
+        >>> samples = [Sample("a", torch.full((1, 16, 16), 0.25), torch.zeros(16, 16, dtype=torch.bool))]
+        >>> sorted(data_statistics(samples))[:3]
+        ['images', 'intensity_image_mean_std', 'intensity_mean']
+    """
     means, total, squares, pixels = [], 0.0, 0.0, 0
     fractions, vessel, labelled = [], 0, 0
     for sample in samples:
@@ -82,7 +90,18 @@ def distribution_warnings(
     predicted_fraction: float | None = None,
 ) -> list[str]:
     """One line per check that finds ``evaluated`` (:func:`data_statistics` of the evaluated
-    samples) far from the ``recorded`` training statistics; none without a record."""
+    samples) far from the ``recorded`` training statistics; none without a record.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.data import Sample, data_statistics, distribution_warnings
+        >>> dark = [Sample("a", torch.full((1, 16, 16), 0.1), torch.zeros(16, 16, dtype=torch.bool))]
+        >>> bright = [Sample("b", torch.full((1, 16, 16), 0.9), torch.zeros(16, 16, dtype=torch.bool))]
+        >>> distribution_warnings(data_statistics(dark), data_statistics(dark))
+        []
+        >>> len(distribution_warnings(data_statistics(dark), data_statistics(bright))) > 0
+        True
+    """
     if not recorded or "intensity_mean" not in recorded:
         return []
     lines = []

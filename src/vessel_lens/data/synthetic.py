@@ -88,7 +88,14 @@ def _check_size(size: int) -> None:
 
 
 def synthesize(size: int = 256, seed: int = 0) -> SyntheticVessels:
-    """Generate one ``size`` x ``size`` sample, reproducible by ``seed``."""
+    """Generate one ``size`` x ``size`` sample, reproducible by ``seed``.
+
+    Examples:
+        >>> from vessel_lens.data import synthesize
+        >>> sample = synthesize(64, seed=1)
+        >>> sample.image.shape, sample.image.dtype, sample.label.dtype, sample.skeleton.shape
+        ((64, 64), dtype('float32'), dtype('bool'), (64, 64))
+    """
     _check_size(size)
     if seed < 0:
         raise ConfigError(f"--seed {seed}: must be zero or positive")
@@ -140,6 +147,16 @@ def write_synthetic_dataset(
     ``out`` must not exist or be an empty folder: every option is checked before anything is
     created, and a failed run removes what it wrote (never anything that was there before), so
     it can simply be run again.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import index_dataset, write_synthetic_dataset
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     stems = write_synthetic_dataset(Path(folder) / "synth", count=3, size=32, progress=False)
+        ...     index = index_dataset(Path(folder) / "synth")
+        >>> stems, len(index.samples)
+        (['synth0000', 'synth0001', 'synth0002'], 3)
     """
     if count < 1:
         raise ConfigError(f"--count {count}: must be at least 1")

@@ -29,6 +29,14 @@ def paired_crop_flip(
     """Crop (and flip / rotate by 90 degrees) every tensor with the same random draw.
 
     Tensors are (..., H, W) with equal H and W; ``None`` entries pass through.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.data import paired_crop_flip
+        >>> image, label = torch.rand(1, 64, 64), torch.rand(64, 64) > 0.5
+        >>> crop, crop_label, none = paired_crop_flip([image, label, None], 32, torch.Generator().manual_seed(0))
+        >>> tuple(crop.shape), tuple(crop_label.shape), none
+        ((1, 32, 32), (32, 32), None)
     """
     present = [t for t in tensors if t is not None]
     height, width = present[0].shape[-2:]

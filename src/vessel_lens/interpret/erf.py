@@ -299,7 +299,10 @@ def receptive_field_maps(
             ``global`` then uses the maximum over these pixels' rows unless ``global_max``.
         chunk_size: rows (or, when colouring, backward passes) per batch.
         channels: ``sum`` (magnitude summed over input channels) or ``separate``.
-        target_class, output, strategy, device: as for :func:`~vessel_lens.interpret.jacobian`.
+        target_class: as for :func:`~vessel_lens.interpret.jacobian`.
+        output: as for :func:`~vessel_lens.interpret.jacobian`.
+        strategy: as for :func:`~vessel_lens.interpret.jacobian`.
+        device: as for :func:`~vessel_lens.interpret.jacobian`.
         colouring: ``auto``, ``always`` or ``never`` (:mod:`._erf_colour`); ``auto`` measures
             a plain chunk and a small coloured batch (both part of the result) and finishes
             the faster way, when the field is bounded and a pass serves >= 2 pixels on

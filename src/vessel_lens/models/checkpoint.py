@@ -98,7 +98,13 @@ def shipped_checkpoint_path(name: str) -> Path:
 
 
 def resolve_checkpoint_path(spec: str | Path) -> Path:
-    """A shipped checkpoint name, a run folder (its ``best.pt``) or a file path."""
+    """A shipped checkpoint name, a run folder (its ``best.pt``) or a file path.
+
+    Examples:
+        >>> from vessel_lens.models import resolve_checkpoint_path
+        >>> resolve_checkpoint_path("vessmap-w16").name
+        'vessmap-w16.pt'
+    """
     if str(spec) in SHIPPED:
         path = shipped_checkpoint_path(str(spec))
         if not path.exists():
@@ -167,7 +173,14 @@ def load_file(path: Path, what: str = "checkpoint") -> Any:
 
 
 def read_checkpoint(spec: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`."""
+    """Read and validate a checkpoint file; every failure is one :class:`CheckpointError`.
+
+    Examples:
+        >>> from vessel_lens.models import read_checkpoint
+        >>> checkpoint = read_checkpoint("vessmap-w16")
+        >>> checkpoint.model_name, sorted(checkpoint.model_kwargs)
+        ('resnet_seg', ['dropout', 'in_channels', 'norm', 'width'])
+    """
     from vessel_lens.models._programs import program_format
 
     path = resolve_checkpoint_path(spec)
@@ -221,7 +234,14 @@ def load_model(
     ``spec``: a checkpoint path, run folder or shipped name, or a TorchScript or
     ``torch.export`` file. Or, instead, ``model``: ``package.module:factory`` or
     ``path/to/file.py:factory`` called with ``model_args``, given the state dict in
-    ``weights`` (see :mod:`vessel_lens.models.foreign`)."""
+    ``weights`` (see :mod:`vessel_lens.models.foreign`).
+
+    Examples:
+        >>> from vessel_lens.models import load_model
+        >>> model, checkpoint = load_model("vessmap-w16")  # the shipped checkpoint
+        >>> checkpoint.model_name, checkpoint.model_kwargs["width"], model.training
+        ('resnet_seg', 16, False)
+    """
     from vessel_lens.models import foreign
     from vessel_lens.models._programs import program_format
     from vessel_lens.models.source import ModelSource
@@ -285,7 +305,19 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     half: bool = False,
 ) -> Path:
-    """Write a checkpoint atomically. ``half`` stores floating weights as float16."""
+    """Write a checkpoint atomically. ``half`` stores floating weights as float16.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.models import create_model, load_model, save_checkpoint
+        >>> model = create_model("unet", width=4)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_checkpoint(Path(folder) / "unet.pt", model, "unet", {"width": 4})
+        ...     again, checkpoint = load_model(path)
+        >>> checkpoint.model_name, type(again).__name__
+        ('unet', 'UNet')
+    """
     module = getattr(model, "module", model)
     state = {
         k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())

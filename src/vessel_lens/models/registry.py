@@ -27,11 +27,26 @@ the same without BatchNorm; ``unet`` is a plain U-Net of similar size."""
 
 
 def list_models() -> list[str]:
+    """The names :func:`create_model` accepts, sorted.
+
+    Examples:
+        >>> from vessel_lens.models import list_models
+        >>> list_models()
+        ['resnet_seg', 'resnet_seg_nonorm', 'unet']
+    """
     return sorted(MODELS)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; an unknown name raises an error listing the valid ones."""
+    """Build a registered model; an unknown name raises an error listing the valid ones.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> model = create_model("resnet_seg", width=4)  # the reference model, 4 channels in its stem
+        >>> model(torch.rand(1, 1, 32, 32)).shape  # (B, K, H, W) logits
+        torch.Size([1, 2, 32, 32])
+    """
     try:
         factory = MODELS[name]
     except KeyError:

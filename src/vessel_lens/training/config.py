@@ -181,7 +181,18 @@ def _typed(name: str, annotation: object, value: Any) -> Any:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict of :class:`TrainConfig` fields."""
+    """Read a YAML config file into a dict of :class:`TrainConfig` fields.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.training import TrainConfig, read_config
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "cfg.yaml").write_text("width: 8\\nepochs: 3\\n")
+        ...     fields = read_config(Path(folder) / "cfg.yaml")
+        >>> fields, TrainConfig(**fields).epochs
+        ({'width': 8, 'epochs': 3}, 3)
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

@@ -77,7 +77,17 @@ def evaluate_model(
 ) -> Evaluation:
     """Evaluate ``model`` (put in eval mode) on labelled whole images; in samples with a
     field-of-view mask only the pixels inside count. ``tile``/``overlap``: sliding windows
-    for images with a longer side (see :func:`vessel_probability`)."""
+    for images with a longer side (see :func:`vessel_probability`).
+
+    Examples:
+        >>> from vessel_lens import load_model, open_dataset
+        >>> from vessel_lens.training import evaluate_model
+        >>> model, checkpoint = load_model("vessmap-w16")
+        >>> samples = open_dataset(None, checkpoint=checkpoint).subset("test")[:2]  # synthetic vessels
+        >>> result = evaluate_model(model, samples, progress=False)
+        >>> len(result.per_image), 0 <= result.pooled["dice"] <= 1
+        (2, True)
+    """
     model.eval()
     result = Evaluation()
     total = Confusion()
@@ -152,7 +162,21 @@ def _json_numbers(value):
 
 
 def write_evaluation(result: Evaluation, out: Path, extra: dict | None = None) -> dict[str, Path]:
-    """``metrics.json`` and ``per_image.csv`` in ``out``."""
+    """``metrics.json`` and ``per_image.csv`` in ``out``.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens import load_model, open_dataset
+        >>> from vessel_lens.training import evaluate_model, write_evaluation
+        >>> model, checkpoint = load_model("vessmap-w16")
+        >>> result = evaluate_model(model, open_dataset(None).subset("test")[:1], progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     written = write_evaluation(result, Path(folder))
+        ...     names = sorted(path.name for path in written.values())
+        >>> names
+        ['metrics.json', 'per_image.csv']
+    """
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_json()
     if extra:

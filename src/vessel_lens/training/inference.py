@@ -67,6 +67,15 @@ def vessel_probability(
     predicted in ``tile`` x ``tile`` windows overlapping by ``overlap`` whose probabilities
     are blended with Gaussian weights (memory then grows with the tile, not the image); an
     image that fits in one tile gets the plain whole-image pass.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import load_model
+        >>> from vessel_lens.training import vessel_probability
+        >>> model, _ = load_model("vessmap-w16")
+        >>> probability = vessel_probability(model, torch.rand(1, 64, 64))
+        >>> probability.shape, bool(((probability >= 0) & (probability <= 1)).all())
+        (torch.Size([64, 64]), True)
     """
     check_tiling(tile, overlap)
     if device is None:

@@ -57,7 +57,16 @@ class Confusion:
 
 
 def confusion(prediction: torch.Tensor, label: torch.Tensor) -> Confusion:
-    """Counts for boolean ``prediction`` and ``label`` of the same shape."""
+    """Counts for boolean ``prediction`` and ``label`` of the same shape.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.training import confusion
+        >>> prediction = torch.tensor([[True, True], [False, False]])
+        >>> label = torch.tensor([[True, False], [True, False]])
+        >>> confusion(prediction, label)
+        Confusion(tp=1, fp=1, fn=1, tn=1)
+    """
     prediction = prediction.bool()
     label = label.bool()
     tp = int((prediction & label).sum())
@@ -71,7 +80,17 @@ def _ratio(num: float, den: float, empty: float) -> float:
 
 
 def overlap_scores(c: Confusion) -> dict[str, float]:
-    """Dice, IoU, accuracy, sensitivity, specificity, precision and MCC from counts."""
+    """Dice, IoU, accuracy, sensitivity, specificity, precision and MCC from counts.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.training import confusion, overlap_scores
+        >>> prediction = torch.tensor([[True, True], [False, False]])
+        >>> label = torch.tensor([[True, False], [True, False]])
+        >>> scores = overlap_scores(confusion(prediction, label))
+        >>> scores["dice"], scores["iou"], scores["accuracy"]
+        (0.5, 0.3333333333333333, 0.5)
+    """
     total = c.tp + c.fp + c.fn + c.tn
     den = math.sqrt(float(c.tp + c.fp) * (c.tp + c.fn) * (c.tn + c.fp) * (c.tn + c.fn))
     return {
@@ -86,7 +105,14 @@ def overlap_scores(c: Confusion) -> dict[str, float]:
 
 
 def roc_auc(scores: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied scores counted as one half)."""
+    """Area under the ROC curve (Mann-Whitney U with tied scores counted as one half).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.training import roc_auc
+        >>> roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True]))
+        0.75
+    """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     label = np.asarray(label, dtype=bool).ravel()
     n_pos = int(label.sum())
@@ -154,7 +180,18 @@ def cl_dice(
     label_skeleton: torch.Tensor | np.ndarray,
 ) -> dict[str, float]:
     """Centreline Dice: harmonic mean of tprec = |S_pred ∩ label| / |S_pred| and
-    tsens = |S_label ∩ pred| / |S_label|, where S_pred is the prediction's skeleton."""
+    tsens = |S_label ∩ pred| / |S_label|, where S_pred is the prediction's skeleton.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.training import cl_dice
+        >>> label = torch.zeros(16, 16, dtype=torch.bool)
+        >>> label[6:10, 2:14] = True  # a horizontal vessel, 4 pixels wide
+        >>> skeleton = torch.zeros_like(label)
+        >>> skeleton[8, 2:14] = True
+        >>> cl_dice(label, label, skeleton)["cldice"]  # a perfect prediction
+        1.0
+    """
     return skeleton_counts(prediction, label, label_skeleton).scores()
 
 

@@ -515,7 +515,23 @@ def train(
 ) -> TrainSummary:
     """Start a new run in ``out`` (refused if ``out`` holds a run, unless ``overwrite``, or
     files that are not a run's). A folder left by a run killed before its first checkpoint
-    is started again, with a note."""
+    is started again, with a note.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import write_synthetic_dataset
+        >>> from vessel_lens.training import TrainConfig, train
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_synthetic_dataset(folder / "data", count=6, size=32, progress=False)
+        >>> config = TrainConfig(data=str(folder / "data"), width=2, epochs=2, crop_size=32,
+        ...                      crops_per_image=1, batch_size=4, threads=1)
+        >>> summary = train(config, folder / "run", progress=False)
+        >>> summary.epochs_done, sorted(p.name for p in (folder / "run").glob("*.pt"))
+        (2, ['best.pt', 'last.pt'])
+        >>> import shutil
+        >>> shutil.rmtree(folder)
+    """
     out = Path(out)
     ctx = init_distributed(resolve_device(config.device))
     with claim_output(out, "train", check=lambda o: _check_run_folder(o, overwrite), group=ctx):
@@ -559,7 +575,23 @@ def resume(
 ) -> TrainSummary:
     """Continue the run in ``out`` from its ``last.pt`` (optionally with more ``epochs``, or
     another number of ``threads`` than recorded). A run killed before its first checkpoint is
-    started again from its config.yaml, with a note."""
+    started again from its config.yaml, with a note.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import write_synthetic_dataset
+        >>> from vessel_lens.training import TrainConfig, resume, train
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_synthetic_dataset(folder / "data", count=6, size=32, progress=False)
+        >>> config = TrainConfig(data=str(folder / "data"), width=2, epochs=1, crop_size=32,
+        ...                      crops_per_image=1, batch_size=4, threads=1)
+        >>> _ = train(config, folder / "run", progress=False)
+        >>> resume(folder / "run", progress=False, epochs=2).epochs_done  # one more epoch
+        2
+        >>> import shutil
+        >>> shutil.rmtree(folder)
+    """
     out = Path(out)
     if not (out / "config.yaml").is_file():
         raise ConfigError(f"{out}: no config.yaml; not a vessel-lens run folder")
