@@ -47,7 +47,13 @@ def test_the_site_builds_strictly(tmp_path):
     assert "receptive_field_maps" in page and "JacobianEngine" in page
 
 
-EXAMPLES = ("vessel_lens.data", "vessel_lens.models", "vessel_lens.training")
+EXAMPLES = (
+    "vessel_lens.data",
+    "vessel_lens.models",
+    "vessel_lens.training",
+    "vessel_lens.interpret",
+    "vessel_lens.app",
+)
 """Packages whose public functions must show a runnable example in their docstrings."""
 
 

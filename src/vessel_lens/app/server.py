@@ -148,7 +148,15 @@ def _guard_dispatch(app) -> None:
 
 
 def create_app(config: AppConfig, state=None):
-    """The Dash app for ``config`` (``state`` may be given to share caches, e.g. in tests)."""
+    """The Dash app for ``config`` (``state`` may be given to share caches, e.g. in tests).
+
+    Examples:
+        >>> from vessel_lens.app import AppConfig, create_app
+        >>> app = create_app(AppConfig(cache_mb=256))  # the shipped checkpoint on synthetic vessels
+        >>> app.title, app.server.name  # a Dash app (`vessel-lens app` serves one)
+        ('vessel-lens', 'vessel_lens.app')
+        >>> app.vessel_lens_state.shutdown(wait=10)
+    """
     import dash
 
     from vessel_lens.app.callbacks import register_callbacks

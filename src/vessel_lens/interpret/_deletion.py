@@ -139,6 +139,18 @@ def deletion_curves(
         steps: each curve has ``steps + 1`` points at fractions k / steps.
         random_repeats: random orders averaged for the baseline (seeded by ``seed``).
         batch_size: images per forward pass.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import attribute, deletion_curves
+        >>> saliency = attribute(model, image, (16, 16), method="saliency")
+        >>> result = deletion_curves(model, image, (16, 16), {"saliency": saliency}, steps=4)
+        >>> [(curve.label, len(curve.fractions)) for curve in result]  # 4 steps: 5 points
+        [('saliency', 5)]
     """
     if mode not in CURVE_MODES:
         raise ConfigError(f"curve mode {mode!r}: choose deletion or insertion")

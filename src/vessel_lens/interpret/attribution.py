@@ -357,6 +357,18 @@ def attribute(
             pixel, vessel probability) or a bool (H, W) mask.
         method: one of :data:`METHODS`.
         method_kwargs: the method's options (:data:`METHOD_OPTIONS`).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import attribute
+        >>> attribute(model, image, (16, 16), method="saliency").shape
+        torch.Size([1, 32, 32])
+        >>> attribute(model, image, (16, 16), method="integrated_gradients", n_steps=8).shape
+        torch.Size([1, 32, 32])
     """
     options = _options(method, method_kwargs)
     x = as_image_batch(image)

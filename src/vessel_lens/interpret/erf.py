@@ -316,6 +316,19 @@ def receptive_field_maps(
             each cell of pixels on a crop holding their receptive fields (:mod:`.local`), so a
             3000x3000 image needs no whole-image forward pass; ``probability`` is then known
             at the computed pixels only (NaN elsewhere).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import receptive_field_maps
+        >>> maps = receptive_field_maps(model, image, fractions=(0.01, 0.1), mode="pixel")
+        >>> maps.count.shape  # per fraction, per output pixel: input pixels above the threshold
+        torch.Size([2, 32, 32])
+        >>> bool((maps.count[1] <= maps.count[0]).all())  # a higher threshold keeps fewer
+        True
     """
     fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
     if colouring not in COLOURING:
@@ -477,6 +490,20 @@ def receptive_field_maps_from_jacobian(
     :func:`~vessel_lens.interpret.load_jacobian`, or the path of a store written by
     ``vessel-lens jacobian`` (its pixels, probability and provenance are used). Rows are read
     ``chunk_size`` (default 256) at a time. Other arguments as for :func:`receptive_field_maps`.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import jacobian, receptive_field_maps
+        >>> from vessel_lens.interpret import receptive_field_maps_from_jacobian
+        >>> rows = jacobian(model, image)
+        >>> maps = receptive_field_maps_from_jacobian(rows, fractions=(0.01,), mode="pixel")
+        >>> direct = receptive_field_maps(model, image, fractions=(0.01,), mode="pixel")
+        >>> maps.count.shape, bool((maps.count == direct.count).all())
+        (torch.Size([1, 32, 32]), True)
     """
     fractions, mass_fractions = check_options(fractions, mode, channels, mass_fractions, global_max)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):

@@ -52,7 +52,25 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_receptive_field_maps(maps: ReceptiveFieldMaps, path: str | Path) -> Path:
-    """Write ``maps`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``maps`` to ``path`` atomically (temporary file, then rename).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.interpret import load_receptive_field_maps, receptive_field_maps
+        >>> from vessel_lens.interpret import save_receptive_field_maps
+        >>> maps = receptive_field_maps(model, image, fractions=(0.01,), pixels=[(16, 16)])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_receptive_field_maps(maps, Path(folder) / "image.erf.npz")
+        ...     again = load_receptive_field_maps(path)
+        >>> path.name, bool((again.count == maps.count).all())
+        ('image.erf.npz', True)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {
@@ -105,6 +123,22 @@ def load_receptive_field_maps(path: str | Path) -> ReceptiveFieldMaps:
 
     ``maps.metadata`` holds the provenance: ``stem``, ``crop_box`` (top, left, height, width),
     ``weights_hash``, ``model_name``, ``output``, ``target_class``, ``image_path``, ... .
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.interpret import load_receptive_field_maps, receptive_field_maps
+        >>> from vessel_lens.interpret import save_receptive_field_maps
+        >>> maps = receptive_field_maps(model, image, fractions=(0.01,), pixels=[(16, 16)])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     again = load_receptive_field_maps(save_receptive_field_maps(maps, Path(folder) / "a.erf.npz"))
+        >>> again.count.shape, again.fractions
+        (torch.Size([1, 32, 32]), (0.01,))
     """
     path = Path(path)
     with _open(path) as archive:

@@ -143,6 +143,17 @@ def receptive_field(
     ``in_channels`` defaults to the first convolution's (or the first 4-D weight's).
     ``method``: ``"structural"`` (guaranteed, cheap) or ``"empirical"`` (gradients of a
     positive surrogate; see the module docs). The model is left as found.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import receptive_field
+        >>> field = receptive_field(model, 32)  # which input pixels can reach each output pixel
+        >>> field.boxes.shape  # (H*W, 4) half-open boxes (top, bottom, left, right)
+        torch.Size([1024, 4])
     """
     from vessel_lens.interpret._inputs import frozen_eval
 

@@ -94,7 +94,20 @@ def _merge(conv: nn.Module, norm: nn.Module) -> bool:
 
 
 def fold_batch_norm(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A deep copy of ``model`` (eval mode) with conv → BatchNorm pairs merged."""
+    """A deep copy of ``model`` (eval mode) with conv → BatchNorm pairs merged.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import fold_batch_norm
+        >>> folded = fold_batch_norm(model, image[None])
+        >>> with torch.no_grad():
+        ...     bool(torch.allclose(folded(image[None]), model(image[None]), atol=1e-5))
+        True
+    """
     folded = copy.deepcopy(model).eval()
     for conv_name, norm_name in foldable_pairs(folded, example):
         if _merge(folded.get_submodule(conv_name), folded.get_submodule(norm_name)):

@@ -278,7 +278,19 @@ def iter_jacobian(
     strategy: str = "auto",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stream the Jacobian: yield (flat pixel indices (n,), rows (n, C, H, W)) chunk by chunk,
-    in the order of ``pixels``. Arguments as for :func:`jacobian`."""
+    in the order of ``pixels``. Arguments as for :func:`jacobian`.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import iter_jacobian
+        >>> chunks = [(flat.shape, rows.shape) for flat, rows in iter_jacobian(model, image, chunk_size=400)]
+        >>> chunks[0], len(chunks)
+        ((torch.Size([400]), torch.Size([400, 1, 32, 32])), 3)
+    """
     _check_chunk(chunk_size)
     engine = JacobianEngine(
         model,
@@ -329,6 +341,18 @@ def jacobian(
         strategy: ``"auto"``, ``"linear"``, ``"vmap"`` or ``"loop"`` (see the module docs).
 
     Row n is d output[pixels[n]] / d source, on ``device``, in ``dtype``.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import jacobian
+        >>> jacobian(model, image).shape  # every output pixel, row-major: (H*W, C, H, W)
+        torch.Size([1024, 1, 32, 32])
+        >>> jacobian(model, image, pixels=[(16, 16), (3, 30)], output="margin").shape
+        torch.Size([2, 1, 32, 32])
     """
     _check_chunk(chunk_size)
     engine = JacobianEngine(

@@ -263,6 +263,17 @@ def randomisation_test(
         seed: seed of the random weights.
         rf_fraction: threshold fraction of the receptive-field maps; ``None`` skips them.
         method_options: options per method, passed to ``attribute``.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import randomisation_test
+        >>> result = randomisation_test(model, image, [(16, 16)], methods=["saliency"])
+        >>> result.methods, len(result.steps) > 1  # one row per method, target and stage
+        (['saliency'], True)
     """
     if mode not in RANDOMISATION_MODES:
         raise ConfigError(f"randomisation mode {mode!r}: choose {' or '.join(RANDOMISATION_MODES)}")

@@ -273,6 +273,23 @@ def load_jacobian(
     ``probability`` (H, W), ``image`` (C, H, W), ``done`` (fraction of blocks finished) and
     ``max_relative_error``: for uint8 stores the largest quantisation error (half a step)
     relative to the largest |value|, else ``None``.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from vessel_lens.data import write_synthetic_dataset
+        >>> from vessel_lens.interpret import load_jacobian
+        >>> from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_synthetic_dataset(folder / "data", count=1, size=32, progress=False)
+        >>> config = ExtractConfig("vessmap-w16", folder / "grads", data=str(folder / "data"),
+        ...                        split="all", crop=16, progress=False)
+        >>> _ = extract_jacobians(config)  # what `vessel-lens jacobian` does
+        >>> rows, metadata = load_jacobian(folder / "grads" / "synth0000.zarr")
+        >>> rows.shape, metadata["pixels"].shape, metadata["done"]  # every pixel of the crop
+        (torch.Size([256, 1, 16, 16]), torch.Size([256, 2]), 1.0)
+        >>> import shutil
+        >>> shutil.rmtree(folder)
     """
     store = JacobianStore.open(path, mode="r")
     foreign = store.foreign()

@@ -147,7 +147,14 @@ def pixel_target(
     output: str = "probability",
     target_class: int = 1,
 ) -> Target:
-    """One output pixel of an image of ``shape`` (H, W)."""
+    """One output pixel of an image of ``shape`` (H, W).
+
+    Examples:
+        >>> from vessel_lens.interpret import pixel_target
+        >>> target = pixel_target(10, 12, (64, 64))
+        >>> int(target.mask.sum()), target.name
+        (1, 'pixel (10, 12)')
+    """
     row, col = _check_pixel(row, col, shape)
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[row, col] = True
@@ -161,7 +168,17 @@ def mask_target(
     output: str = "probability",
     target_class: int = 1,
 ) -> Target:
-    """Any non-empty set of output pixels (bool or 0/1 mask (H, W))."""
+    """Any non-empty set of output pixels (bool or 0/1 mask (H, W)).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import mask_target
+        >>> mask = torch.zeros(64, 64, dtype=torch.bool)
+        >>> mask[10:20, 30] = True
+        >>> target = mask_target(mask, name="a vessel")
+        >>> int(target.mask.sum()), target.name
+        (10, 'a vessel')
+    """
     tensor = _bool_mask(mask, "target mask")
     if not bool(tensor.any()):
         raise ConfigError("target mask is empty; select at least one pixel")
@@ -183,6 +200,16 @@ def segment_target(
     holding (row, col), found inside the window of side ``2 * radius + 1`` centred there.
 
     ``source`` names the mask in messages (for example ``prediction`` or ``label``).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import segment_target
+        >>> vessels = torch.zeros(64, 64, dtype=torch.bool)
+        >>> vessels[30:33, :] = True  # a horizontal vessel, 3 pixels wide
+        >>> vessels[5:8, :] = True  # another one, not connected
+        >>> target = segment_target(vessels, 31, 20, radius=8)
+        >>> int(target.mask.sum())  # 3 x 17 pixels: the clicked vessel inside the 17 x 17 window
+        51
     """
     if isinstance(radius, bool) or int(radius) < 0:
         raise ConfigError(f"segment radius {radius!r}: must be an integer >= 0")
@@ -215,7 +242,16 @@ def error_target(
     target_class: int = 1,
 ) -> Target:
     """False-positive (prediction and not label) or false-negative (label and not prediction)
-    pixels; both masks (H, W)."""
+    pixels; both masks (H, W).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import error_target
+        >>> prediction = torch.tensor([[True, True], [False, False]]).repeat(8, 8)
+        >>> label = torch.tensor([[True, False], [True, False]]).repeat(8, 8)
+        >>> int(error_target(prediction, label, "false_positive").mask.sum())
+        64
+    """
     if kind not in ERROR_KINDS:
         raise ConfigError(f"error region {kind!r}: choose one of {', '.join(ERROR_KINDS)}")
     predicted = _bool_mask(prediction, "prediction")
@@ -243,6 +279,17 @@ def predicted_vessels(
     """Bool (H, W) mask of pixels whose class probability exceeds ``threshold`` (CPU).
 
     The model is evaluated in eval mode and its mode restored.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.models import create_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
+        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
+        >>> from vessel_lens.interpret import predicted_vessels
+        >>> mask = predicted_vessels(model, image)
+        >>> mask.shape, mask.dtype
+        (torch.Size([32, 32]), torch.bool)
     """
     batch = image[None] if image.dim() == 3 else image[None, None] if image.dim() == 2 else image
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -26,7 +26,14 @@ THRESHOLD_MODES = ("global", "pixel", "absolute")
 
 
 def gradient_magnitude(gradient: torch.Tensor) -> torch.Tensor:
-    """|g| summed over channels: (C, H, W) -> (H, W); (N, C, H, W) -> (N, H, W)."""
+    """|g| summed over channels: (C, H, W) -> (H, W); (N, C, H, W) -> (N, H, W).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import gradient_magnitude
+        >>> gradient_magnitude(torch.tensor([[[1.0, -2.0]], [[-3.0, 0.5]]]))  # (C=2, H=1, W=2)
+        tensor([[4.0000, 2.5000]])
+    """
     if gradient.dim() not in (3, 4):
         raise ConfigError(
             f"gradient must be (C, H, W) or (N, C, H, W), not {tuple(gradient.shape)}"
@@ -47,7 +54,19 @@ def check_fraction(fraction: float, mode: str) -> None:
 def threshold_value(
     magnitude: torch.Tensor, fraction: float, mode: str, global_max: float | None = None
 ) -> float:
-    """The threshold t for one pixel's magnitude map (see module docstring)."""
+    """The threshold t for one pixel's magnitude map (see module docstring).
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import threshold_value
+        >>> magnitude = torch.tensor([[0.0, 2.0], [4.0, 1.0]])
+        >>> threshold_value(magnitude, 0.25, "pixel")  # 25 % of this pixel's maximum
+        1.0
+        >>> threshold_value(magnitude, 0.25, "global", global_max=10.0)  # of the image's maximum
+        2.5
+        >>> threshold_value(magnitude, 0.25, "absolute")
+        0.25
+    """
     check_fraction(fraction, mode)
     if mode == "absolute":
         return float(fraction)
@@ -95,7 +114,17 @@ class PixelStats:
 
 
 def pixel_stats(magnitude: torch.Tensor, threshold: float) -> PixelStats:
-    """Count, bounding box and fulfillment of ``magnitude`` (H, W) above ``threshold``."""
+    """Count, bounding box and fulfillment of ``magnitude`` (H, W) above ``threshold``.
+
+    Examples:
+        >>> import torch
+        >>> from vessel_lens.interpret import pixel_stats
+        >>> magnitude = torch.zeros(8, 8)
+        >>> magnitude[2, 3] = magnitude[4, 6] = 1.0
+        >>> stats = pixel_stats(magnitude, threshold=0.5)
+        >>> stats.count, (stats.top, stats.left, stats.bottom, stats.right), stats.fulfillment
+        (2, (2, 3, 4, 6), 0.16666666666666666)
+    """
     if magnitude.dim() != 2:
         raise ConfigError(f"magnitude must be (H, W), not {tuple(magnitude.shape)}")
     above = magnitude > threshold
