@@ -394,3 +394,13 @@ def test_engine_cache_is_bounded_by_count(tiny):
         view, _ = state.view(key, "crop", 32, 0, left)
         state.gradient("m0", view, 1, 1)
     assert len(state.engines) == 2
+
+
+def test_the_first_image_offered_is_from_the_test_split(state):
+    options = [o for o in state.image_options() if o["value"].startswith("data/")]
+    test_stems = state.dataset.splits["test"]
+    assert options[0]["value"] == f"data/{test_stems[0]}"
+    assert options[0]["label"].endswith("· test")
+    splits = [o["label"].rsplit("· ", 1)[1] for o in options]
+    assert splits == sorted(splits, key=["test", "val", "train"].index)
+    assert sorted(o["value"] for o in options) == sorted(f"data/{s}" for s in state.dataset.samples)

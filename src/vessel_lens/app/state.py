@@ -35,6 +35,8 @@ from vessel_lens.errors import ConfigError, DataError
 MIB = 2**20
 JOB_CHUNK = 16
 """Rows per backward pass of the global-maximum job: short, so hovers interleave."""
+SPLIT_ORDER = ("test", "val", "train")
+"""The order of the dataset's splits in the image menu (then images in no split)."""
 VIEW_SHARE = 2
 """Preparing one view may reserve at most 1 / VIEW_SHARE of the memory budget, so that a
 comparison model's view and the hovers' work fit beside it."""
@@ -263,11 +265,16 @@ class AppState:
         return self.models[key]
 
     def image_options(self) -> list[dict[str, str]]:
-        """Dropdown options: dataset images (with their split), stored crops, uploads."""
+        """Dropdown options: dataset images (with their split; the test split first, so the
+        page opens on an image the model was not trained on), stored crops, uploads."""
         split_of = {stem: split for split, stems in self.dataset.splits.items() for stem in stems}
+        order = {split: i for i, split in enumerate(SPLIT_ORDER)}
+        stems = sorted(
+            self.dataset.samples, key=lambda stem: order.get(split_of.get(stem), len(order))
+        )
         options = [
             {"label": f"{stem} · {split_of.get(stem, 'unsplit')}", "value": f"data/{stem}"}
-            for stem in self.dataset.samples
+            for stem in stems
         ]
         for store in self.stores.stores:
             if store.stem not in self.dataset.samples:
