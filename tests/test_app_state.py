@@ -212,10 +212,12 @@ def test_stores_of_other_weights_or_crops_are_not_used(stored):
     assert state.store_for("random", store_view) is None
     other, _ = state.view(key, "crop", 24, 0, 0)
     assert state.store_for("m0", other) is None
-    figure = handlers.map_panel(state, other, "significant", parse_threshold(0.1, "pixel"), "m0")
-    assert figure["data"] == []
+    figure, result = handlers.map_outputs(
+        state, other, "significant", parse_threshold(0.1, "pixel"), "m0"
+    )
+    assert figure["data"] == [] and result.task is not None  # computed by the app instead
     note = figure["layout"]["annotations"][0]["text"].replace("<br>", " ")
-    assert "vessel-lens jacobian" in note and "--erf" in note
+    assert "computing receptive-field counts" in note
 
 
 def test_random_init_is_another_model_and_leaves_the_global_rng_alone(tiny):

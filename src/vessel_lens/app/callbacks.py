@@ -16,6 +16,9 @@ from vessel_lens.app import figures, handlers
 from vessel_lens.app.layout import (
     CANCEL_HIDDEN,
     CANCEL_SHOWN,
+    MAP_IDLE,
+    MAP_PROBLEM,
+    MAP_RUNNING,
     PANELS_CURRENT,
     PANELS_STALE,
     TASK_IDLE,
@@ -140,22 +143,52 @@ def register_callbacks(app, state) -> None:
 
     @app.callback(
         Output("graph-map", "figure"),
+        Output("map-status", "children"),
+        Output("map-bar", "className"),
+        Output("map-cancel", "style"),
+        Output("map-poll", "disabled"),
+        Output("map-task", "data"),
         Input("view-store", "data"),
         Input("layer", "value"),
         Input("threshold-store", "data"),
         Input("threshold-mode", "value"),
         Input("global-store", "data"),
+        Input("map-poll", "n_intervals"),
+        Input("map-cancel", "n_clicks"),
+        Input("map-retry", "n_clicks"),
         State("model", "value"),
+        State("map-task", "data"),
     )
-    def on_map(view_data, layer, threshold_data, mode, _global, model):
+    def on_map(view_data, layer, threshold_data, mode, _global, _tick, _stop, _again, model, task):
         if not isinstance(view_data, dict):
             raise PreventUpdate
+        previous = task.get("id") if isinstance(task, dict) else None
         try:
+            if ctx.triggered_id == "map-cancel":
+                state.tasks.cancel(previous)
             view = handlers.view_from_data(state, view_data.get("view"))
             threshold = parse_threshold(_fraction(threshold_data), mode)
-            return handlers.map_panel(state, view, layer, threshold, model)
+            restart = ctx.triggered_id == "map-retry"
+            figure, result = handlers.map_outputs(state, view, layer, threshold, model, restart)
         except Exception as exc:
-            return figures.empty_figure(_message(exc), "Map")
+            return (
+                figures.empty_figure(_message(exc), "Map"),
+                "",
+                MAP_IDLE,
+                CANCEL_HIDDEN,
+                True,
+                None,
+            )
+        running = result.task
+        moved = ctx.triggered_id == "view-store" if running is None else running.id != previous
+        if previous is not None and moved:
+            state.tasks.cancel(previous)  # the page has moved on to another view
+        if running is None:
+            return figure, result.status, MAP_IDLE, CANCEL_HIDDEN, True, None
+        marker = {"id": running.id}
+        if running.state in ("waiting", "running"):
+            return figure, running.status(), MAP_RUNNING, CANCEL_SHOWN, False, marker
+        return figure, running.status(), MAP_PROBLEM, CANCEL_HIDDEN, True, marker
 
     @app.callback(
         Output("threshold-slider", "value"),

@@ -170,17 +170,31 @@ def input_panels(
 
 def map_panel(state, view: View, layer: object, threshold: Threshold, model: str) -> dict:
     """The map panel: the chosen layer, or a note saying why it is not available."""
+    return map_outputs(state, view, layer, threshold, model)[0]
+
+
+def map_outputs(
+    state, view: View, layer: object, threshold: Threshold, model: str, restart: bool = False
+):
+    """(the map panel's figure, the layer's result: its task while it is computed, and its
+    status line). ``restart``: start again a computation that was cancelled or failed."""
     chosen = layers().get(layer) if isinstance(layer, str) else None
     if chosen is None:
         raise ConfigError(f"unknown map {str(layer)[:40]!r}")
     global_max = state.global_max(model, view)[0] if threshold.mode == "global" else None
-    context = LayerContext(state, model, view, threshold.fraction, threshold.mode, global_max)
+    context = LayerContext(
+        state, model, view, threshold.fraction, threshold.mode, global_max, restart
+    )
     result = chosen.compute(context)
+    return _map_figure(result), result
+
+
+def _map_figure(result) -> dict:
     if result.values is None:
         return figures.empty_figure(result.note, result.title)
     style = dict(result.style)
     title = result.title + (f" ({result.note})" if result.note else "")
-    return figures.heatmap_figure(
+    figure = figures.heatmap_figure(
         result.values,
         title,
         colorscale=style.get("colorscale", "Viridis"),
@@ -189,6 +203,9 @@ def map_panel(state, view: View, layer: object, threshold: Threshold, model: str
         hover=style.get("hover", "%{z:.4g}"),
         colorbar=style.get("bar", True),
     )
+    if style.get("unit"):
+        figure["data"][0]["colorbar"]["title"] = {"text": style["unit"], "side": "right"}
+    return figure
 
 
 def handle_threshold(trigger: object, slider: object, value: object, mode: object) -> dict:
