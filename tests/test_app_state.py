@@ -20,7 +20,7 @@ from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import decode_typed_array
 from vessel_lens.app.layers import discover_layers
 from vessel_lens.app.methods import _METHODS, Method, discover_methods
-from vessel_lens.app.pixel import analyse_pixel, parse_threshold
+from vessel_lens.app.pixel import analyse_pixel, parse_threshold, stats_rows
 from vessel_lens.app.state import AppState
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
@@ -153,6 +153,9 @@ def test_global_mode_waits_for_the_exact_maximum_then_uses_it(tiny):
         assert after.stats == pixel_stats(magnitude, 0.05 * value)
         text, stop, known = handlers.global_status(state, view, "m0", start=False)
         assert stop and known == value and "global max" in text
+        text, _, _ = handlers.global_status(state, view, "m0", False, threshold)
+        assert text.endswith(f"threshold t = 5 % of it = {0.05 * value:.4g}")
+        assert dict(stats_rows(before))["threshold"].startswith("unknown until the global max")
     finally:
         state.jobs.shutdown(wait=10)
 

@@ -215,19 +215,24 @@ def register_callbacks(app, state) -> None:
         Input("view-store", "data"),
         Input("model", "value"),
         Input("compare", "value"),
+        Input("threshold-store", "data"),
+        Input("threshold-mode", "value"),
         State("global-store", "data"),
     )
-    def on_global(_clicks, _ticks, view_data, model, compare, known):
+    def on_global(_clicks, _ticks, view_data, model, compare, threshold_data, mode, known):
         if not isinstance(view_data, dict):
             raise PreventUpdate
         try:
             view = handlers.view_from_data(state, view_data.get("view"))
             start = ctx.triggered_id == "global-compute"
-            text, stop, value = handlers.global_status(state, view, model, start)
+            threshold = parse_threshold(_fraction(threshold_data), mode)
+            text, stop, value = handlers.global_status(state, view, model, start, threshold)
             value_b = None
             if isinstance(compare, str) and compare not in (handlers.NO_COMPARE, model):
                 # the comparison model's thresholds need its own maximum
-                text_b, stop_b, value_b = handlers.global_status(state, view, compare, start)
+                text_b, stop_b, value_b = handlers.global_status(
+                    state, view, compare, start, threshold
+                )
                 text, stop = f"A: {text}; B: {text_b}", stop and stop_b
         except Exception as exc:
             return _message(exc), True, no_update

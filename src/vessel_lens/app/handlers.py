@@ -324,8 +324,11 @@ def task_status(state, task_id: object, cancel: bool = False) -> tuple[str, str]
     return task.state, task.status()
 
 
-def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool, float | None]:
-    """(status line, whether polling should stop, the value when known)."""
+def global_status(
+    state, view: View, model: str, start: bool, threshold: Threshold | None = None
+) -> tuple[str, bool, float | None]:
+    """(status line, whether polling should stop, the value when known); with the page's
+    ``threshold`` in mode ``global``, the line also states the threshold value it gives."""
     state.model(model)  # an unknown (or unhashable) key is refused before any lookup by it
     if start:
         job = state.request_global_max(model, view)
@@ -333,7 +336,11 @@ def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool
             return f"global max: {job.error}", True, None
     value, note = state.global_max(model, view)
     if value is not None:
-        return f"global max {value:.4g} ({note})", True, value
+        text = f"global max {value:.4g} ({note})"
+        if threshold is not None and threshold.mode == "global":
+            share = f"{100 * threshold.fraction:.4g} %"
+            text += f"; threshold t = {share} of it = {threshold.fraction * value:.4g}"
+        return text, True, value
     job = state.jobs.get((model, view))
     running = job is not None and job.state in ("queued", "running")
     return f"global max {note}", not running, None

@@ -257,7 +257,12 @@ def stats_rows(analysis: PixelAnalysis) -> list[tuple[str, str]]:
             f"({n['row']}, {n['col']}) in the view; ({n['image_row']}, {n['image_col']}) in the image",
         ),
         ("vessel probability", f"{n['probability']:.3f}"),
-        ("threshold", f"{_fmt(n['threshold'])} — {rule}"),
+        (
+            "threshold",
+            f"{_fmt(n['threshold'])} — {rule}"
+            if n["threshold"] is not None
+            else f"unknown until the global max is computed — {rule}",
+        ),
         ("pixel count", _fmt(n["count"])),
         ("x extent", _fmt(n["x_extent"])),
         ("y extent", _fmt(n["y_extent"])),
