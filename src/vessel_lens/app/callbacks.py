@@ -399,10 +399,26 @@ def register_callbacks(app, state) -> None:
         State("threshold-mode", "value"),
         State("method", "value"),
         State("target", "value"),
+        State("layer", "value"),
+        State("overlays", "value"),
+        State("clip", "value"),
         prevent_initial_call=True,
     )
     def on_export(
-        _png, _csv, _json, pixel, view_data, model, compare, threshold_data, mode, method, target
+        _png,
+        _csv,
+        _json,
+        pixel,
+        view_data,
+        model,
+        compare,
+        threshold_data,
+        mode,
+        method,
+        target,
+        layer,
+        overlays,
+        clip,
     ):
         kind = {"export-png": "png", "export-csv": "csv", "export-json": "json"}.get(
             ctx.triggered_id
@@ -421,7 +437,14 @@ def register_callbacks(app, state) -> None:
                     no_update,
                     f"{result.task.label} is not computed yet: export when it is shown",
                 )
-            return handlers.export_payload(kind, result.analyses, state, view), ""
+            clip = isinstance(clip, list) and "clip" in clip
+            shown = None
+            if kind == "png":  # the map panel as the page shows it
+                shown = handlers.map_outputs(state, view, layer, threshold, model)[1]
+            payload = handlers.export_payload(
+                kind, result.analyses, state, view, shown, overlays, clip
+            )
+            return payload, ""
         except Exception as exc:
             return no_update, _message(exc)
 

@@ -346,8 +346,37 @@ def global_status(
     return f"global max {note}", not running, None
 
 
-def export_payload(kind: str, analyses: list[PixelAnalysis], state, view: View, map_values=None):
-    """The dcc.Download payload for 'png', 'csv' or 'json'."""
+def export_map(result) -> object:
+    """The map panel's layer result as the PNG export draws it (the page's colours)."""
+    from matplotlib.colors import ListedColormap
+
+    from vessel_lens.app.export import MapPanel
+    from vessel_lens.app.layers import ERROR_COLOURS
+
+    style = result.style
+    scale = style.get("colorscale", "Viridis")
+    if isinstance(scale, str):
+        cmap = scale.lower()
+    elif len(scale) == 2 * len(ERROR_COLOURS):
+        cmap = ListedColormap(list(ERROR_COLOURS)).with_extremes(bad="#d9d9d9")
+    else:
+        cmap = "gray"
+    unit = style.get("unit", "" if not style.get("bar", True) else "value")
+    return MapPanel(result.values, result.title, result.note, cmap, style.get("zmin"),
+                    style.get("zmax"), unit)  # fmt: skip
+
+
+def export_payload(
+    kind: str,
+    analyses: list[PixelAnalysis],
+    state,
+    view: View,
+    map_result=None,
+    overlays: object = (),
+    clip: bool = True,
+):
+    """The dcc.Download payload for 'png', 'csv' or 'json'; the PNG holds the page's panels
+    (``map_result``: the map panel's layer result, when shown)."""
     from vessel_lens.app import export
 
     stem = view.key.split("/", 1)[-1]
@@ -362,9 +391,29 @@ def export_payload(kind: str, analyses: list[PixelAnalysis], state, view: View, 
     import base64
 
     sample = state.sample(view.key)
-    rgb = figures.rgb_composite(view.crop(sample.image).numpy(), {})
+    chosen = chosen_overlays(overlays)
+    masks = {}
+    for overlay, mask in (
+        ("label", view.crop(sample.label)),
+        ("skeleton", view.crop(sample.skeleton)),
+    ):
+        if overlay in chosen and mask is not None:
+            masks[overlay] = mask.numpy()
     probability = state.probability(analyses[0].model_key, view)
-    data = export.panels_png(rgb, probability, analyses, map_values)
+    if "prediction" in chosen:
+        masks["prediction"] = probability > 0.5
+    rgb = figures.rgb_composite(view.crop(sample.image).numpy(), masks)
+    numbers = [(a.model_label, stats_rows(a)) for a in analyses]
+    data = export.panels_png(
+        rgb,
+        probability,
+        analyses,
+        None if map_result is None else export_map(map_result),
+        input_title=f"{stem}: {view.describe(sample.size)}",
+        overlays=chosen,
+        clip=clip,
+        numbers=numbers,
+    )
     return {
         "content": base64.b64encode(data).decode("ascii"),
         "filename": f"{name}.png",

@@ -92,7 +92,8 @@ def _significant(ctx: LayerContext) -> LayerResult:
     if counts is None:
         return LayerResult(None, title, f"store {store.name} is too large to count in memory")
     note = "" if store.full else "pixels not in the store are blank"
-    return LayerResult(counts, title, note, {"colorscale": "Viridis", "hover": "count %{z:.0f}"})
+    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}", "unit": "count (input px)"}
+    return LayerResult(counts, title, note, style)
 
 
 def _threshold_words(ctx: LayerContext) -> str:
@@ -146,7 +147,8 @@ def _computed_counts(ctx: LayerContext) -> LayerResult:
 def _probability(ctx: LayerContext) -> LayerResult:
     values = ctx.state.probability(ctx.model_key, ctx.view)
     greys = [[0.0, "#000000"], [1.0, "#ffffff"]]
-    style = {"colorscale": greys, "zmin": 0.0, "zmax": 1.0, "hover": "p = %{z:.3f}"}
+    style = {"colorscale": greys, "zmin": 0.0, "zmax": 1.0, "hover": "p = %{z:.3f}",
+             "unit": "vessel probability p"}  # fmt: skip
     return LayerResult(values, "Vessel probability", "", style)
 
 
@@ -282,12 +284,13 @@ def _erf_thresholded(ctx: LayerContext, name: str, label: str, style: dict) -> L
 
 
 def _erf_count(ctx: LayerContext) -> LayerResult:
-    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}"}
+    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}", "unit": "count (input px)"}
     return _erf_thresholded(ctx, "count", "Receptive-field count", style)
 
 
 def _erf_fulfillment(ctx: LayerContext) -> LayerResult:
-    style = {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0, "hover": "fulfillment %{z:.3f}"}
+    style = {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0, "hover": "fulfillment %{z:.3f}",
+             "unit": "fulfillment (count / box area)"}  # fmt: skip
     return _erf_thresholded(ctx, "fulfillment", "Fulfillment (count / bbox area)", style)
 
 
@@ -311,7 +314,7 @@ def _erf_mass_radius(ctx: LayerContext) -> LayerResult:
         notes.append(f"stored mass fractions: {stored}; showing {_amount(shown, 'pixel')}")
     if not bool(maps.computed.all()):
         notes.append("pixels not computed are blank")
-    style = {"colorscale": "Viridis", "hover": "r = %{z:.0f} px"}
+    style = {"colorscale": "Viridis", "hover": "r = %{z:.0f} px", "unit": "radius (px)"}
     return LayerResult(values, title, "; ".join(notes), style)
 
 
