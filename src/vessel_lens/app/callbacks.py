@@ -225,7 +225,10 @@ def register_callbacks(app, state) -> None:
         try:
             view = handlers.view_from_data(state, view_data.get("view"))
             start = ctx.triggered_id == "global-compute"
-            threshold = parse_threshold(_fraction(threshold_data), mode)
+            try:  # the threshold only adds its value to the line
+                threshold = parse_threshold(_fraction(threshold_data), mode)
+            except VesselLensError:
+                threshold = None
             text, stop, value = handlers.global_status(state, view, model, start, threshold)
             value_b = None
             if isinstance(compare, str) and compare not in (handlers.NO_COMPARE, model):
