@@ -20,7 +20,7 @@ from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import decode_typed_array
 from vessel_lens.app.layers import discover_layers
 from vessel_lens.app.methods import _METHODS, Method, discover_methods
-from vessel_lens.app.pixel import analyse_pixel, parse_threshold
+from vessel_lens.app.pixel import analyse_pixel, parse_threshold, stats_rows
 from vessel_lens.app.state import AppState
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
@@ -153,6 +153,9 @@ def test_global_mode_waits_for_the_exact_maximum_then_uses_it(tiny):
         assert after.stats == pixel_stats(magnitude, 0.05 * value)
         text, stop, known = handlers.global_status(state, view, "m0", start=False)
         assert stop and known == value and "global max" in text
+        text, _, _ = handlers.global_status(state, view, "m0", False, threshold)
+        assert text.endswith(f"threshold t = 5 % of it = {0.05 * value:.4g}")
+        assert dict(stats_rows(before))["threshold"].startswith("unknown until the global max")
     finally:
         state.jobs.shutdown(wait=10)
 
@@ -212,10 +215,12 @@ def test_stores_of_other_weights_or_crops_are_not_used(stored):
     assert state.store_for("random", store_view) is None
     other, _ = state.view(key, "crop", 24, 0, 0)
     assert state.store_for("m0", other) is None
-    figure = handlers.map_panel(state, other, "significant", parse_threshold(0.1, "pixel"), "m0")
-    assert figure["data"] == []
+    figure, result = handlers.map_outputs(
+        state, other, "significant", parse_threshold(0.1, "pixel"), "m0"
+    )
+    assert figure["data"] == [] and result.task is not None  # computed by the app instead
     note = figure["layout"]["annotations"][0]["text"].replace("<br>", " ")
-    assert "vessel-lens jacobian" in note and "--erf" in note
+    assert "computing receptive-field counts" in note
 
 
 def test_random_init_is_another_model_and_leaves_the_global_rng_alone(tiny):
@@ -394,3 +399,13 @@ def test_engine_cache_is_bounded_by_count(tiny):
         view, _ = state.view(key, "crop", 32, 0, left)
         state.gradient("m0", view, 1, 1)
     assert len(state.engines) == 2
+
+
+def test_the_first_image_offered_is_from_the_test_split(state):
+    options = [o for o in state.image_options() if o["value"].startswith("data/")]
+    test_stems = state.dataset.splits["test"]
+    assert options[0]["value"] == f"data/{test_stems[0]}"
+    assert options[0]["label"].endswith("· test")
+    splits = [o["label"].rsplit("· ", 1)[1] for o in options]
+    assert splits == sorted(splits, key=["test", "val", "train"].index)
+    assert sorted(o["value"] for o in options) == sorted(f"data/{s}" for s in state.dataset.samples)

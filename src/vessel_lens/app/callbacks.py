@@ -16,6 +16,9 @@ from vessel_lens.app import figures, handlers
 from vessel_lens.app.layout import (
     CANCEL_HIDDEN,
     CANCEL_SHOWN,
+    MAP_IDLE,
+    MAP_PROBLEM,
+    MAP_RUNNING,
     PANELS_CURRENT,
     PANELS_STALE,
     TASK_IDLE,
@@ -140,22 +143,52 @@ def register_callbacks(app, state) -> None:
 
     @app.callback(
         Output("graph-map", "figure"),
+        Output("map-status", "children"),
+        Output("map-bar", "className"),
+        Output("map-cancel", "style"),
+        Output("map-poll", "disabled"),
+        Output("map-task", "data"),
         Input("view-store", "data"),
         Input("layer", "value"),
         Input("threshold-store", "data"),
         Input("threshold-mode", "value"),
         Input("global-store", "data"),
+        Input("map-poll", "n_intervals"),
+        Input("map-cancel", "n_clicks"),
+        Input("map-retry", "n_clicks"),
         State("model", "value"),
+        State("map-task", "data"),
     )
-    def on_map(view_data, layer, threshold_data, mode, _global, model):
+    def on_map(view_data, layer, threshold_data, mode, _global, _tick, _stop, _again, model, task):
         if not isinstance(view_data, dict):
             raise PreventUpdate
+        previous = task.get("id") if isinstance(task, dict) else None
         try:
+            if ctx.triggered_id == "map-cancel":
+                state.tasks.cancel(previous)
             view = handlers.view_from_data(state, view_data.get("view"))
             threshold = parse_threshold(_fraction(threshold_data), mode)
-            return handlers.map_panel(state, view, layer, threshold, model)
+            restart = ctx.triggered_id == "map-retry"
+            figure, result = handlers.map_outputs(state, view, layer, threshold, model, restart)
         except Exception as exc:
-            return figures.empty_figure(_message(exc), "Map")
+            return (
+                figures.empty_figure(_message(exc), "Map"),
+                "",
+                MAP_IDLE,
+                CANCEL_HIDDEN,
+                True,
+                None,
+            )
+        running = result.task
+        moved = ctx.triggered_id == "view-store" if running is None else running.id != previous
+        if previous is not None and moved:
+            state.tasks.cancel(previous)  # the page has moved on to another view
+        if running is None:
+            return figure, result.status, MAP_IDLE, CANCEL_HIDDEN, True, None
+        marker = {"id": running.id}
+        if running.state in ("waiting", "running"):
+            return figure, running.status(), MAP_RUNNING, CANCEL_SHOWN, False, marker
+        return figure, running.status(), MAP_PROBLEM, CANCEL_HIDDEN, True, marker
 
     @app.callback(
         Output("threshold-slider", "value"),
@@ -182,19 +215,27 @@ def register_callbacks(app, state) -> None:
         Input("view-store", "data"),
         Input("model", "value"),
         Input("compare", "value"),
+        Input("threshold-store", "data"),
+        Input("threshold-mode", "value"),
         State("global-store", "data"),
     )
-    def on_global(_clicks, _ticks, view_data, model, compare, known):
+    def on_global(_clicks, _ticks, view_data, model, compare, threshold_data, mode, known):
         if not isinstance(view_data, dict):
             raise PreventUpdate
         try:
             view = handlers.view_from_data(state, view_data.get("view"))
             start = ctx.triggered_id == "global-compute"
-            text, stop, value = handlers.global_status(state, view, model, start)
+            try:  # the threshold only adds its value to the line
+                threshold = parse_threshold(_fraction(threshold_data), mode)
+            except VesselLensError:
+                threshold = None
+            text, stop, value = handlers.global_status(state, view, model, start, threshold)
             value_b = None
             if isinstance(compare, str) and compare not in (handlers.NO_COMPARE, model):
                 # the comparison model's thresholds need its own maximum
-                text_b, stop_b, value_b = handlers.global_status(state, view, compare, start)
+                text_b, stop_b, value_b = handlers.global_status(
+                    state, view, compare, start, threshold
+                )
                 text, stop = f"A: {text}; B: {text_b}", stop and stop_b
         except Exception as exc:
             return _message(exc), True, no_update
@@ -361,10 +402,26 @@ def register_callbacks(app, state) -> None:
         State("threshold-mode", "value"),
         State("method", "value"),
         State("target", "value"),
+        State("layer", "value"),
+        State("overlays", "value"),
+        State("clip", "value"),
         prevent_initial_call=True,
     )
     def on_export(
-        _png, _csv, _json, pixel, view_data, model, compare, threshold_data, mode, method, target
+        _png,
+        _csv,
+        _json,
+        pixel,
+        view_data,
+        model,
+        compare,
+        threshold_data,
+        mode,
+        method,
+        target,
+        layer,
+        overlays,
+        clip,
     ):
         kind = {"export-png": "png", "export-csv": "csv", "export-json": "json"}.get(
             ctx.triggered_id
@@ -383,7 +440,14 @@ def register_callbacks(app, state) -> None:
                     no_update,
                     f"{result.task.label} is not computed yet: export when it is shown",
                 )
-            return handlers.export_payload(kind, result.analyses, state, view), ""
+            clip = isinstance(clip, list) and "clip" in clip
+            shown = None
+            if kind == "png":  # the map panel as the page shows it
+                shown = handlers.map_outputs(state, view, layer, threshold, model)[1]
+            payload = handlers.export_payload(
+                kind, result.analyses, state, view, shown, overlays, clip
+            )
+            return payload, ""
         except Exception as exc:
             return no_update, _message(exc)
 

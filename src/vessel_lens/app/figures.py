@@ -15,6 +15,8 @@ import textwrap
 import numpy as np
 from PIL import Image
 
+from vessel_lens.app.titles import title_margin, wrapped_title
+
 DIVERGING = [
     [0.0, "#053061"],
     [0.1, "#2166ac"],
@@ -64,8 +66,8 @@ def decode_typed_array(spec: dict[str, str]) -> np.ndarray:
 
 def _layout(title: str, height: int, width: int, top: int = 0, left: int = 0, **extra):
     layout = {
-        "title": {"text": title, "font": {"size": 13}, "x": 0.02, "xanchor": "left"},
-        "margin": {"l": 36, "r": 8, "t": 34, "b": 26},
+        "title": {"text": wrapped_title(title), "font": {"size": 13}, "x": 0.02, "xanchor": "left"},
+        "margin": {"l": 36, "r": 8, "t": title_margin(title), "b": 26},
         "xaxis": {
             "range": [left - 0.5, left + width - 0.5],
             "constrain": "domain",
@@ -93,8 +95,13 @@ def empty_figure(message: str, title: str = "") -> dict:
     return {
         "data": [],
         "layout": {
-            "title": {"text": title, "font": {"size": 13}, "x": 0.02, "xanchor": "left"},
-            "margin": {"l": 8, "r": 8, "t": 34, "b": 8},
+            "title": {
+                "text": wrapped_title(title),
+                "font": {"size": 13},
+                "x": 0.02,
+                "xanchor": "left",
+            },
+            "margin": {"l": 8, "r": 8, "t": title_margin(title), "b": 8},
             "xaxis": {"visible": False},
             "yaxis": {"visible": False},
             "annotations": [

@@ -170,17 +170,31 @@ def input_panels(
 
 def map_panel(state, view: View, layer: object, threshold: Threshold, model: str) -> dict:
     """The map panel: the chosen layer, or a note saying why it is not available."""
+    return map_outputs(state, view, layer, threshold, model)[0]
+
+
+def map_outputs(
+    state, view: View, layer: object, threshold: Threshold, model: str, restart: bool = False
+):
+    """(the map panel's figure, the layer's result: its task while it is computed, and its
+    status line). ``restart``: start again a computation that was cancelled or failed."""
     chosen = layers().get(layer) if isinstance(layer, str) else None
     if chosen is None:
         raise ConfigError(f"unknown map {str(layer)[:40]!r}")
     global_max = state.global_max(model, view)[0] if threshold.mode == "global" else None
-    context = LayerContext(state, model, view, threshold.fraction, threshold.mode, global_max)
+    context = LayerContext(
+        state, model, view, threshold.fraction, threshold.mode, global_max, restart
+    )
     result = chosen.compute(context)
+    return _map_figure(result), result
+
+
+def _map_figure(result) -> dict:
     if result.values is None:
         return figures.empty_figure(result.note, result.title)
     style = dict(result.style)
     title = result.title + (f" ({result.note})" if result.note else "")
-    return figures.heatmap_figure(
+    figure = figures.heatmap_figure(
         result.values,
         title,
         colorscale=style.get("colorscale", "Viridis"),
@@ -189,6 +203,9 @@ def map_panel(state, view: View, layer: object, threshold: Threshold, model: str
         hover=style.get("hover", "%{z:.4g}"),
         colorbar=style.get("bar", True),
     )
+    if style.get("unit"):
+        figure["data"][0]["colorbar"]["title"] = {"text": style["unit"], "side": "right"}
+    return figure
 
 
 def handle_threshold(trigger: object, slider: object, value: object, mode: object) -> dict:
@@ -307,8 +324,11 @@ def task_status(state, task_id: object, cancel: bool = False) -> tuple[str, str]
     return task.state, task.status()
 
 
-def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool, float | None]:
-    """(status line, whether polling should stop, the value when known)."""
+def global_status(
+    state, view: View, model: str, start: bool, threshold: Threshold | None = None
+) -> tuple[str, bool, float | None]:
+    """(status line, whether polling should stop, the value when known); with the page's
+    ``threshold`` in mode ``global``, the line also states the threshold value it gives."""
     state.model(model)  # an unknown (or unhashable) key is refused before any lookup by it
     if start:
         job = state.request_global_max(model, view)
@@ -316,14 +336,47 @@ def global_status(state, view: View, model: str, start: bool) -> tuple[str, bool
             return f"global max: {job.error}", True, None
     value, note = state.global_max(model, view)
     if value is not None:
-        return f"global max {value:.4g} ({note})", True, value
+        text = f"global max {value:.4g} ({note})"
+        if threshold is not None and threshold.mode == "global":
+            share = f"{100 * threshold.fraction:.4g} %"
+            text += f"; threshold t = {share} of it = {threshold.fraction * value:.4g}"
+        return text, True, value
     job = state.jobs.get((model, view))
     running = job is not None and job.state in ("queued", "running")
     return f"global max {note}", not running, None
 
 
-def export_payload(kind: str, analyses: list[PixelAnalysis], state, view: View, map_values=None):
-    """The dcc.Download payload for 'png', 'csv' or 'json'."""
+def export_map(result) -> object:
+    """The map panel's layer result as the PNG export draws it (the page's colours)."""
+    from matplotlib.colors import ListedColormap
+
+    from vessel_lens.app.export import MapPanel
+    from vessel_lens.app.layers import ERROR_COLOURS
+
+    style = result.style
+    scale = style.get("colorscale", "Viridis")
+    if isinstance(scale, str):
+        cmap = scale.lower()
+    elif len(scale) == 2 * len(ERROR_COLOURS):
+        cmap = ListedColormap(list(ERROR_COLOURS)).with_extremes(bad="#d9d9d9")
+    else:
+        cmap = "gray"
+    unit = style.get("unit", "" if not style.get("bar", True) else "value")
+    return MapPanel(result.values, result.title, result.note, cmap, style.get("zmin"),
+                    style.get("zmax"), unit)  # fmt: skip
+
+
+def export_payload(
+    kind: str,
+    analyses: list[PixelAnalysis],
+    state,
+    view: View,
+    map_result=None,
+    overlays: object = (),
+    clip: bool = True,
+):
+    """The dcc.Download payload for 'png', 'csv' or 'json'; the PNG holds the page's panels
+    (``map_result``: the map panel's layer result, when shown)."""
     from vessel_lens.app import export
 
     stem = view.key.split("/", 1)[-1]
@@ -338,9 +391,29 @@ def export_payload(kind: str, analyses: list[PixelAnalysis], state, view: View, 
     import base64
 
     sample = state.sample(view.key)
-    rgb = figures.rgb_composite(view.crop(sample.image).numpy(), {})
+    chosen = chosen_overlays(overlays)
+    masks = {}
+    for overlay, mask in (
+        ("label", view.crop(sample.label)),
+        ("skeleton", view.crop(sample.skeleton)),
+    ):
+        if overlay in chosen and mask is not None:
+            masks[overlay] = mask.numpy()
     probability = state.probability(analyses[0].model_key, view)
-    data = export.panels_png(rgb, probability, analyses, map_values)
+    if "prediction" in chosen:
+        masks["prediction"] = probability > 0.5
+    rgb = figures.rgb_composite(view.crop(sample.image).numpy(), masks)
+    numbers = [(a.model_label, stats_rows(a)) for a in analyses]
+    data = export.panels_png(
+        rgb,
+        probability,
+        analyses,
+        None if map_result is None else export_map(map_result),
+        input_title=f"{stem}: {view.describe(sample.size)}",
+        overlays=chosen,
+        clip=clip,
+        numbers=numbers,
+    )
     return {
         "content": base64.b64encode(data).decode("ascii"),
         "filename": f"{name}.png",

@@ -40,6 +40,8 @@ class LayerContext:
     fraction: float
     mode: str
     global_max: float | None
+    restart: bool = False
+    """Start again a computation that was cancelled or failed (the page's button)."""
 
 
 @dataclass
@@ -48,6 +50,10 @@ class LayerResult:
     title: str
     note: str = ""
     style: dict = field(default_factory=dict)
+    task: object = None
+    """The background task computing the map, while it is not ready (or why it stopped)."""
+    status: str = ""
+    """A line for the page beside the map's menu (how the map was made, how to get more)."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +82,7 @@ def _significant(ctx: LayerContext) -> LayerResult:
     title = "Most significant pixels: count(p) above the threshold"
     store = state.store_for(ctx.model_key, view)
     if store is None:
-        stem = view.key.split("/", 1)[-1]
-        return LayerResult(
-            None,
-            title,
-            "needs every pixel's gradient: precompute them for this image, crop and "
-            f"checkpoint (vessel-lens jacobian{_data_option(state)} --split all --images {stem} "
-            f"{_crop_option(state, view, '--crop 0')} ...) and start the app with --erf on "
-            "that folder",
-        )
+        return _computed_counts(ctx)
     if ctx.mode == "global" and ctx.global_max is None:
         return LayerResult(None, title, "mode global: the global maximum is not known yet")
     try:
@@ -94,13 +92,63 @@ def _significant(ctx: LayerContext) -> LayerResult:
     if counts is None:
         return LayerResult(None, title, f"store {store.name} is too large to count in memory")
     note = "" if store.full else "pixels not in the store are blank"
-    return LayerResult(counts, title, note, {"colorscale": "Viridis", "hover": "count %{z:.0f}"})
+    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}", "unit": "count (input px)"}
+    return LayerResult(counts, title, note, style)
+
+
+def _threshold_words(ctx: LayerContext) -> str:
+    """The threshold as the map's title states it, with its value when it is one number."""
+    if ctx.mode == "pixel":
+        return f"{_amount(ctx.fraction, 'pixel')} of each pixel's max |g|"
+    if ctx.mode == "global":
+        value = ctx.fraction * ctx.global_max
+        return f"t = {_amount(ctx.fraction, 'global')} of the global max = {value:.3g}"
+    return f"t = {ctx.fraction:g}"
+
+
+def _computed_counts(ctx: LayerContext) -> LayerResult:
+    """The count map computed by the app (every S-th pixel, :mod:`.countmap`), or the task
+    computing it."""
+    from vessel_lens.app.countmap import store_size_words
+    from vessel_lens.interpret._budget import store_bytes
+
+    state, view = ctx.state, ctx.view
+    title = "Receptive-field count: |g| above the threshold"
+    rows, task = state.count_rows(ctx.model_key, view, ctx.restart)
+    if rows is None:
+        return LayerResult(None, title, task.status(), task=task)
+    pixels = rows.shape[0] * rows.shape[1]
+    done = f"{pixels} pixels computed in {rows.seconds:.1f} s"
+    if rows.stride > 1:
+        done = f"{done} (one per {rows.stride} x {rows.stride} cell)"
+    status = f"{done}. For every pixel at full resolution: {_erf_command(ctx)}"
+    if view.key.startswith("data/"):
+        channels = int(state.sample(view.key).image.shape[0])
+        size = store_bytes(view.height * view.width, (channels, view.height, view.width), "float32")
+        status += (
+            f" (a Jacobian store of this view from vessel-lens jacobian would take about "
+            f"{store_size_words(size)})"
+        )
+    if ctx.mode == "global" and ctx.global_max is None:
+        return LayerResult(None, title, "mode global: the global maximum is not known yet",
+                           status=status)  # fmt: skip
+    counts = rows.counts(ctx.fraction, ctx.mode, ctx.global_max)
+    title = f"Receptive-field count: |g| > {_threshold_words(ctx)}"
+    if rows.stride > 1:
+        title += f"; one pixel per {rows.stride} x {rows.stride} cell (stride {rows.stride})"
+    style = {
+        "colorscale": "Viridis",
+        "hover": "count %{z:.0f} input px",
+        "unit": "count (input px)",
+    }
+    return LayerResult(counts, title, "", style, status=status)
 
 
 def _probability(ctx: LayerContext) -> LayerResult:
     values = ctx.state.probability(ctx.model_key, ctx.view)
     greys = [[0.0, "#000000"], [1.0, "#ffffff"]]
-    style = {"colorscale": greys, "zmin": 0.0, "zmax": 1.0, "hover": "p = %{z:.3f}"}
+    style = {"colorscale": greys, "zmin": 0.0, "zmax": 1.0, "hover": "p = %{z:.3f}",
+             "unit": "vessel probability p"}  # fmt: skip
     return LayerResult(values, "Vessel probability", "", style)
 
 
@@ -139,6 +187,13 @@ def _amount(value: float, mode: str) -> str:
 
 def _erf_howto(ctx: LayerContext) -> str:
     """How to make the map file this view lacks."""
+    return (
+        f"no receptive-field map of this image, crop and checkpoint in --erf: {_erf_command(ctx)}"
+    )
+
+
+def _erf_command(ctx: LayerContext) -> str:
+    """The ``vessel-lens erf`` run that makes the view's map file, or why there is none."""
     state, view = ctx.state, ctx.view
     source = state.view_source(view)
     if source is None:
@@ -149,10 +204,9 @@ def _erf_howto(ctx: LayerContext) -> str:
     stem = source[0]
     folder = state.config.erf or "DIR"
     return (
-        f"no receptive-field map of this image, crop and checkpoint in --erf: run vessel-lens erf "
-        f"{entry.options or '--checkpoint ...'}{_data_option(state)} --split all --images {stem} "
-        f"{_crop_option(state, view, '--full')} --out {folder} and start the app with --erf on "
-        "that folder"
+        f"run vessel-lens erf {entry.options or '--checkpoint ...'}{_data_option(state)} "
+        f"--split all --images {stem} {_crop_option(state, view, '--full')} --out {folder} "
+        "and start the app with --erf on that folder"
     )
 
 
@@ -230,12 +284,13 @@ def _erf_thresholded(ctx: LayerContext, name: str, label: str, style: dict) -> L
 
 
 def _erf_count(ctx: LayerContext) -> LayerResult:
-    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}"}
+    style = {"colorscale": "Viridis", "hover": "count %{z:.0f}", "unit": "count (input px)"}
     return _erf_thresholded(ctx, "count", "Receptive-field count", style)
 
 
 def _erf_fulfillment(ctx: LayerContext) -> LayerResult:
-    style = {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0, "hover": "fulfillment %{z:.3f}"}
+    style = {"colorscale": "Viridis", "zmin": 0.0, "zmax": 1.0, "hover": "fulfillment %{z:.3f}",
+             "unit": "fulfillment (count / box area)"}  # fmt: skip
     return _erf_thresholded(ctx, "fulfillment", "Fulfillment (count / bbox area)", style)
 
 
@@ -259,7 +314,7 @@ def _erf_mass_radius(ctx: LayerContext) -> LayerResult:
         notes.append(f"stored mass fractions: {stored}; showing {_amount(shown, 'pixel')}")
     if not bool(maps.computed.all()):
         notes.append("pixels not computed are blank")
-    style = {"colorscale": "Viridis", "hover": "r = %{z:.0f} px"}
+    style = {"colorscale": "Viridis", "hover": "r = %{z:.0f} px", "unit": "radius (px)"}
     return LayerResult(values, title, "; ".join(notes), style)
 
 

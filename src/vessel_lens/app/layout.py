@@ -79,6 +79,25 @@ def task_bar() -> html.Div:
     )
 
 
+def map_bar() -> html.Div:
+    """The line under the map menu: what an on-demand map is doing (a spinner, progress and
+    a cancel button), why it stopped (with a button to compute it again), or how it was
+    made; the same states as :func:`task_bar`."""
+    return html.Div(
+        [
+            html.Span(className="spinner"),
+            html.Span(id="map-status", className="field-help"),
+            html.Button("cancel", id="map-cancel", n_clicks=0, style=CANCEL_HIDDEN),
+            html.Button("compute again", id="map-retry", n_clicks=0),
+        ],
+        id="map-bar",
+        className=MAP_IDLE,
+    )
+
+
+MAP_IDLE, MAP_RUNNING, MAP_PROBLEM = "map-bar", "map-bar running", "map-bar problem"
+
+
 def _marks() -> dict[float, str]:
     low, high = SLIDER_RANGE
     labels = {-5: "1e-5", -4: "1e-4", -3: "0.001", -2: "0.01", -1: "0.1", 0: "1"}
@@ -201,6 +220,7 @@ def build_layout(state, methods: dict, layers: dict) -> html.Div:
                     value=next(iter(layers), None),
                     clearable=False,
                 ),
+                map_bar(),
             ),
             _field(
                 "Attribution",
@@ -291,5 +311,7 @@ def build_layout(state, methods: dict, layers: dict) -> html.Div:
         dcc.Store(id="task-store"),
         dcc.Store(id="task-done"),
         dcc.Interval(id="task-poll", interval=TASK_POLL_MS, disabled=True),
+        dcc.Store(id="map-task"),
+        dcc.Interval(id="map-poll", interval=TASK_POLL_MS, disabled=True),
     ]
     return html.Div([controls, panels, *stores], className="page")

@@ -200,12 +200,28 @@ CLIP = 99.5
 """Percentile of |g| at which the colour scales saturate when clipping is on."""
 
 
+def gradient_title(analysis: PixelAnalysis, prefix: str = "", clip: bool = True) -> str:
+    """The gradient panel's title (the page and the PNG export)."""
+    return (
+        prefix + analysis.description + (f" (colours clipped at p{CLIP:g} of |g|)" if clip else "")
+    )
+
+
+def zoom_title(analysis: PixelAnalysis, prefix: str = "") -> str:
+    """The thresholded panel's title: the threshold value, count and box."""
+    if analysis.stats is None:
+        return f"threshold unknown: global max {analysis.global_note}"
+    stats = analysis.stats
+    return (
+        f"{prefix}|g| > {analysis.threshold_value:.3g}: {stats.count} px, "
+        f"box {stats.height}x{stats.width}"
+    )
+
+
 def gradient_panel(analysis: PixelAnalysis, prefix: str = "", clip: bool = True) -> dict:
     view = analysis.view
     revision = f"{analysis.model_key}|{view.key}|{view.top},{view.left},{view.height},{view.width}"
-    title = (
-        prefix + analysis.description + (f" (colours clipped at p{CLIP:g} of |g|)" if clip else "")
-    )
+    title = gradient_title(analysis, prefix, clip)
     return figures.gradient_figure(
         analysis.signed, title, revision=revision, clip=CLIP if clip else None
     )
@@ -213,12 +229,8 @@ def gradient_panel(analysis: PixelAnalysis, prefix: str = "", clip: bool = True)
 
 def zoom_panel(analysis: PixelAnalysis, prefix: str = "", clip: bool = True) -> dict:
     if analysis.stats is None:
-        return figures.empty_figure(f"threshold unknown: global max {analysis.global_note}")
-    stats = analysis.stats
-    title = (
-        f"{prefix}|g| > {analysis.threshold_value:.3g}: {stats.count} px, "
-        f"box {stats.height}x{stats.width}"
-    )
+        return figures.empty_figure(zoom_title(analysis, prefix))
+    title = zoom_title(analysis, prefix)
     return figures.zoom_figure(
         analysis.magnitude,
         analysis.threshold_value,
@@ -257,7 +269,12 @@ def stats_rows(analysis: PixelAnalysis) -> list[tuple[str, str]]:
             f"({n['row']}, {n['col']}) in the view; ({n['image_row']}, {n['image_col']}) in the image",
         ),
         ("vessel probability", f"{n['probability']:.3f}"),
-        ("threshold", f"{_fmt(n['threshold'])} — {rule}"),
+        (
+            "threshold",
+            f"{_fmt(n['threshold'])} — {rule}"
+            if n["threshold"] is not None
+            else f"unknown until the global max is computed — {rule}",
+        ),
         ("pixel count", _fmt(n["count"])),
         ("x extent", _fmt(n["x_extent"])),
         ("y extent", _fmt(n["y_extent"])),

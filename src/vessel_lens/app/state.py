@@ -27,7 +27,7 @@ from vessel_lens.app.costs import Costs, measure_costs
 from vessel_lens.app.images import View, resolve_view
 from vessel_lens.app.jobs import GlobalMaxJobs, Job, engine_global_max
 from vessel_lens.app.stores import MapIndex, StoredJacobian, StoredMaps, StoreIndex
-from vessel_lens.app.tasks import Tasks
+from vessel_lens.app.tasks import ACTIVE, Tasks
 from vessel_lens.app.work import OverBudget, WorkQueue, mib
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError, DataError
@@ -35,6 +35,8 @@ from vessel_lens.errors import ConfigError, DataError
 MIB = 2**20
 JOB_CHUNK = 16
 """Rows per backward pass of the global-maximum job: short, so hovers interleave."""
+SPLIT_ORDER = ("test", "val", "train")
+"""The order of the dataset's splits in the image menu (then images in no split)."""
 VIEW_SHARE = 2
 """Preparing one view may reserve at most 1 / VIEW_SHARE of the memory budget, so that a
 comparison model's view and the hovers' work fit beside it."""
@@ -182,12 +184,14 @@ class AppState:
         self.engines = LRUCache(config.engines, budget, size_of=engine_bytes)
         self.gradients = LRUCache(100_000, budget // 4)
         self.fields = LRUCache(16, budget // 4, size_of=held_bytes)
+        self.count_maps = LRUCache(8, budget // 4)
         self.view_hashes = LRUCache(256)  # a fingerprint per view, not one per hover
         self.work.account(
             self.uploads,
             self.engines,
             self.gradients,
             self.fields,
+            self.count_maps,
             *self.stores.caches,
             *self.erf_maps.caches,
         )
@@ -263,11 +267,16 @@ class AppState:
         return self.models[key]
 
     def image_options(self) -> list[dict[str, str]]:
-        """Dropdown options: dataset images (with their split), stored crops, uploads."""
+        """Dropdown options: dataset images (with their split; the test split first, so the
+        page opens on an image the model was not trained on), stored crops, uploads."""
         split_of = {stem: split for split, stems in self.dataset.splits.items() for stem in stems}
+        order = {split: i for i, split in enumerate(SPLIT_ORDER)}
+        stems = sorted(
+            self.dataset.samples, key=lambda stem: order.get(split_of.get(stem), len(order))
+        )
         options = [
             {"label": f"{stem} · {split_of.get(stem, 'unsplit')}", "value": f"data/{stem}"}
-            for stem in self.dataset.samples
+            for stem in stems
         ]
         for store in self.stores.stores:
             if store.stem not in self.dataset.samples:
@@ -511,6 +520,46 @@ class AppState:
                 return engine_global_max(engine, progress, JOB_CHUNK, chunk_guards)
 
         return self.jobs.submit((model_key, view), view.height * view.width, compute)
+
+    def count_rows(self, model_key: str, view: View, restart: bool = False):
+        """(the view's computed count rows or None, the task computing them or None): the
+        map panel's on-demand receptive-field count (:mod:`vessel_lens.app.countmap`). A
+        missing result starts a background task unless the last one for this view was
+        cancelled or failed and ``restart`` is false (the page then says so)."""
+        from vessel_lens.app import countmap
+
+        key = ("countmap", model_key, view)
+        cached = self.count_maps.get(key)
+        if cached is not None:
+            return cached, None
+        task = self.tasks.find(key)
+        if task is not None and task.state != "done" and (task.state in ACTIVE or not restart):
+            return None, task
+        field = self.receptive_field(model_key, view)
+        area = None
+        if field is not None and field.boxes is not None:
+            boxes = field.boxes.long()
+            area = int(((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).max())
+        limit = self.count_maps.max_bytes // 2  # the parts and their concatenation
+        stride = countmap.map_stride(view.height, view.width, area, limit)
+        full_area = area or view.height * view.width
+        result = countmap.result_bytes(view.height, view.width, stride, full_area)
+        needed = self.costs(model_key).rows(view.height * view.width, countmap.CHUNK) + 2 * result
+        what = f"the receptive-field count of the {view.height}x{view.width} view"
+        pixels = countmap.grid_pixels(view.height, view.width, stride)
+        label = f"receptive-field counts ({pixels} pixels, stride {stride})"
+
+        def run(task) -> None:
+            with self.pinned_engine(model_key, view) as engine:
+                lock = self._engine_lock(model_key, view, engine)
+                with self.work.slot(needed, what, task.cancel, background=True) as slot:
+                    task.progress(0.0)
+                    rows = countmap.compute_count_rows(
+                        engine, stride, slot.pause, task.progress, lock
+                    )
+            self.count_maps.put(key, rows)
+
+        return None, self.tasks.submit(key, label, run)
 
     def attribution(self, method: str, model_key: str, view: View, target, cancel, progress):
         """Run a Captum method for ``target`` in the work queue (batched; stops when the

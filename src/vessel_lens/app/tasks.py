@@ -85,6 +85,11 @@ class Tasks:
         with self._lock:
             return self._tasks.get(task_id)
 
+    def find(self, key: Hashable) -> Task | None:
+        """The latest task submitted for ``key`` (running or finished), if still known."""
+        with self._lock:
+            return self._by_key.get(key)
+
     def active(self) -> int:
         with self._lock:
             return sum(1 for t in self._tasks.values() if t.state in ACTIVE)
