@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from vessel_lens.data.source import open_dataset
-from vessel_lens.interpret.attribution import attribute
-from vessel_lens.interpret.sanity import (
+from vessel_lens.interpret.attribution.methods import attribute
+from vessel_lens.interpret.attribution.sanity import (
     RECEPTIVE_FIELD,
     deletion_curves,
     randomisation_test,
 )
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.models import load_model
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.models.inference import vessel_probability
 from vessel_lens.viz.attribution_plots import randomisation_plot
 from vessel_lens.viz.report import choose_pixels, crop_sample
 

@@ -256,7 +256,7 @@ def test_reservations_cover_what_a_row_and_the_receptive_field_take():
     # a width-1 model's receptive field takes about four times its prepared view (the
     # reservation of a view's preparation, which the field used to get, was far too small)
     from vessel_lens.interpret import JacobianEngine
-    from vessel_lens.interpret.field import receptive_field
+    from vessel_lens.interpret.fields.structural import receptive_field
     from vessel_lens.models import create_model
 
     with torch.random.fork_rng(devices=[]):

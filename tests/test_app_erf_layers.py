@@ -19,7 +19,7 @@ from vessel_lens.app.pixel import parse_threshold
 from vessel_lens.app.state import AppState
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.interpret import load_receptive_field_maps
-from vessel_lens.interpret.erf_run import ErfConfig, run_erf
+from vessel_lens.interpret.fields.run import ErfConfig, run_erf
 from vessel_lens.models import create_model, save_checkpoint
 
 SIZE = 32
@@ -205,7 +205,7 @@ def test_other_crops_and_checkpoints_get_the_how_to_note(erf, state):
 def test_maps_and_jacobian_stores_share_a_folder(erf):
     """A folder with a Jacobian store and the maps made from it: both are used, and the count
     map equals the one the app counts from the stored rows (global mode)."""
-    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 
     stem = erf.stems[0]
     mixed = erf.root / "mixed"
@@ -274,7 +274,7 @@ def test_the_map_panel_request_shows_the_stored_count(erf):
 def test_files_of_another_image_with_the_same_name_are_not_used(erf, tmp_path):
     """Map files and Jacobian stores match a view by its pixels, not only by the image name:
     another synthetic dataset has the same stems but different images."""
-    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 
     stem = erf.stems[0]
     extract_jacobians(

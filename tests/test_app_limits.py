@@ -26,8 +26,8 @@ from vessel_lens.app.state import AppState
 from vessel_lens.app.testing import UPDATE, callback_request
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import ConfigError, VesselLensError
-from vessel_lens.interpret.attribution import attribute
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.methods import attribute
+from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.models import create_model, save_checkpoint
 
 SIZE = 32

@@ -19,8 +19,8 @@ from vessel_lens.app.pixel import parse_threshold
 from vessel_lens.app.state import AppState
 from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.interpret import jacobian, load_receptive_field_maps
-from vessel_lens.interpret.erf_run import ErfConfig, run_erf
-from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+from vessel_lens.interpret.fields.run import ErfConfig, run_erf
+from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 from vessel_lens.interpret.thresholds import gradient_magnitude
 from vessel_lens.models import create_model, save_checkpoint
 

@@ -160,7 +160,7 @@ def test_global_mode_waits_for_the_exact_maximum_then_uses_it(tiny):
 @pytest.fixture(scope="module")
 def stored(tiny):
     """A Jacobian store of the centred 24x24 crop of the first image, and a state using it."""
-    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 
     out = tiny.root / "erf"
     probe = make_state(tiny)

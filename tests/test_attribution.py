@@ -11,14 +11,14 @@ from torch import nn
 
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret.attribution import (
+from vessel_lens.interpret.attribution.methods import (
     METHOD_OPTIONS,
     METHODS,
     attribute,
     default_gradcam_layer,
     target_value,
 )
-from vessel_lens.interpret.targets import (
+from vessel_lens.interpret.attribution.targets import (
     TargetValue,
     error_target,
     mask_target,
@@ -82,7 +82,7 @@ def test_every_method_runs_for_every_target_kind(model, image, targets, method, 
 
 
 def test_saliency_of_one_pixel_is_the_jacobian_row(model, image):
-    from vessel_lens.interpret.jacobian import jacobian
+    from vessel_lens.interpret.jacobian.engine import jacobian
 
     for row, col in [(0, 0), (16, 17), (31, 5)]:
         saliency = attribute(model, image, (row, col), "saliency", abs=False)

@@ -14,9 +14,9 @@ from vessel_lens.data import crop_to_box, parse_crop_box, resolve_crop
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret import jacobian, load_jacobian, load_receptive_field_maps
-from vessel_lens.interpret.erf import receptive_field_maps
-from vessel_lens.interpret.erf_run import ErfConfig
-from vessel_lens.interpret.extract import ExtractConfig
+from vessel_lens.interpret.fields.run import ErfConfig
+from vessel_lens.interpret.fields.thresholded import receptive_field_maps
+from vessel_lens.interpret.jacobian.run import ExtractConfig
 from vessel_lens.models import create_model, load_model, save_checkpoint
 from vessel_lens.viz.report import crop_sample
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import receptive_field_maps
-from vessel_lens.interpret._grammar import randomise
-from vessel_lens.interpret.erf_maps import ARRAYS
-from vessel_lens.interpret.local import plan_crops
+from vessel_lens.interpret.fields.maps import ARRAYS
+from vessel_lens.interpret.jacobian.local import plan_crops
+from vessel_lens.interpret.proof.grammar import randomise
 
 
 def pooled_net() -> nn.Module:

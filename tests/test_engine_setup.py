@@ -18,12 +18,17 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import JacobianEngine, receptive_field, receptive_field_maps
-from vessel_lens.interpret import erf as erf_module
-from vessel_lens.interpret._allocator import keep_freed_memory
-from vessel_lens.interpret._grammar import RandomChooser, random_model, randomise, runs
-from vessel_lens.interpret._linear import BUFFER_BYTES, _rounded, backward, seed_window
-from vessel_lens.interpret._tiles import bounded_batches
-from vessel_lens.interpret.field import tape_field
+from vessel_lens.interpret.fields import thresholded as erf_module
+from vessel_lens.interpret.fields.structural import tape_field
+from vessel_lens.interpret.jacobian._linear.allocator import keep_freed_memory
+from vessel_lens.interpret.jacobian._linear.strategy import (
+    BUFFER_BYTES,
+    _rounded,
+    backward,
+    seed_window,
+)
+from vessel_lens.interpret.jacobian._linear.tiles import bounded_batches
+from vessel_lens.interpret.proof.grammar import RandomChooser, random_model, randomise, runs
 from vessel_lens.models import ResNetSeg
 
 
@@ -199,8 +204,8 @@ def test_glibc_keeps_freed_buffers_for_the_next_pass():
         import resource, sys, torch
         from torch import nn
         import vessel_lens.interpret
-        from vessel_lens.interpret._grammar import randomise
-        jacobian = sys.modules["vessel_lens.interpret.jacobian"]
+        from vessel_lens.interpret.proof.grammar import randomise
+        jacobian = sys.modules["vessel_lens.interpret.jacobian.engine"]
         if sys.argv[1] == "default":
             jacobian.keep_freed_memory = lambda: False
         torch.set_num_threads(1)
@@ -268,8 +273,8 @@ def test_maps_free_the_recording_without_a_full_garbage_collection(monkeypatch):
 
 
 def test_coloured_passes_split_below_the_buffer_limit_give_the_same_maps(monkeypatch):
-    from vessel_lens.interpret._linear import LinearStrategy
-    from vessel_lens.interpret.erf_maps import ARRAYS
+    from vessel_lens.interpret.fields.maps import ARRAYS
+    from vessel_lens.interpret.jacobian._linear.strategy import LinearStrategy
 
     model, image = pooled(), torch.rand(1, 32, 32)
     never = receptive_field_maps(model, image, (0.05,), "pixel", colouring="never")
@@ -288,7 +293,7 @@ def test_coloured_passes_split_below_the_buffer_limit_give_the_same_maps(monkeyp
 
 @pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2), (2, 3)])
 def test_one_channel_planes_equal_the_transposed_convolution(stride, dilation):
-    from vessel_lens.interpret._window import _plane_taps
+    from vessel_lens.interpret.jacobian._linear.window import _plane_taps
 
     generator = torch.Generator().manual_seed(0)
     data = torch.randn(3, 8, 9, 7, generator=generator, dtype=torch.float64)

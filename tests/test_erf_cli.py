@@ -25,11 +25,11 @@ from vessel_lens.cli.erf import register
 from vessel_lens.cli.jacobian import register as register_jacobian
 from vessel_lens.data.source import open_dataset
 from vessel_lens.errors import ConfigError, DataError
-from vessel_lens.interpret import erf_run
-from vessel_lens.interpret.erf import receptive_field_maps
-from vessel_lens.interpret.erf_run import ErfConfig, run_erf
-from vessel_lens.interpret.erf_stats import StatsConfig, erf_stats
-from vessel_lens.interpret.erf_store import load_receptive_field_maps, save_receptive_field_maps
+from vessel_lens.interpret.fields import run as erf_run
+from vessel_lens.interpret.fields.run import ErfConfig, run_erf
+from vessel_lens.interpret.fields.stats_run import StatsConfig, erf_stats
+from vessel_lens.interpret.fields.store import load_receptive_field_maps, save_receptive_field_maps
+from vessel_lens.interpret.fields.thresholded import receptive_field_maps
 from vessel_lens.models import create_model, load_model, save_checkpoint
 
 RUNNER = """
@@ -414,7 +414,7 @@ def test_rows_per_batch_that_cannot_fit_in_memory_are_refused(tmp_path, make_dat
 
 
 def test_rows_read_per_batch_from_stores_are_checked_too(setup, tmp_path, monkeypatch):
-    from vessel_lens.interpret import _budget
+    from vessel_lens.interpret.jacobian import budget as _budget
 
     checkpoint, data, out = setup
     grads = tmp_path / "grads"

@@ -11,10 +11,10 @@ from PIL import Image
 
 import vessel_lens.viz.attribution_plots as attribution_plots
 import vessel_lens.viz.figures as viz_figures
-from vessel_lens.interpret.erf import receptive_field_maps_from_jacobian
-from vessel_lens.interpret.erf_figures import erf_figure, fill_cells, pixel_grid
-from vessel_lens.interpret.erf_stats_plots import bin_summary, plot_stats
+from vessel_lens.interpret.fields.thresholded import receptive_field_maps_from_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
+from vessel_lens.viz.field_figures import erf_figure, fill_cells, pixel_grid
+from vessel_lens.viz.field_stats_plots import bin_summary, plot_stats
 from vessel_lens.viz.map_scales import attribution_label
 
 PAGE = 1400

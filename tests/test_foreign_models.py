@@ -15,8 +15,8 @@ from torch import nn
 
 from vessel_lens.errors import CheckpointError, ConfigError, ModelError, VesselLensError
 from vessel_lens.interpret import JacobianEngine, receptive_field
-from vessel_lens.interpret.attribution import attribute, hides_layers
-from vessel_lens.interpret.proof import check_model
+from vessel_lens.interpret.attribution.methods import attribute, hides_layers
+from vessel_lens.interpret.proof.check import check_model
 from vessel_lens.models import create_model, load_model, save_checkpoint
 from vessel_lens.models.source import ModelSource, parse_model_args
 
@@ -145,7 +145,7 @@ def test_jacobian_rows_are_exact_for_every_kind_of_model(files, kind, strategy):
 
 
 def test_weights_hashes_name_the_weights_not_the_way_they_were_given(files):
-    from vessel_lens.interpret.extract import weights_hash
+    from vessel_lens.interpret.provenance import weights_hash
 
     _, paths = files
     hashes = set()
@@ -265,7 +265,7 @@ def test_randomisation_stages_look_into_wrappers_and_programs(files):
     """The sanity checks' stages: a model whose parameters all lie in one child (the wrapper
     of a foreign model, MONAI's UNet) is looked into; programs, whose stages cannot be seen
     being called, get the definition order."""
-    from vessel_lens.interpret.sanity import parameter_stages
+    from vessel_lens.interpret.attribution.sanity import parameter_stages
 
     unet, paths = files
     image = torch.rand(1, SIZE, SIZE)

@@ -22,7 +22,7 @@ from typer.main import get_command
 from vessel_lens.cli.jacobian import register
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret import jacobian, load_jacobian
-from vessel_lens.interpret.store import JacobianStore
+from vessel_lens.interpret.jacobian.store import JacobianStore
 from vessel_lens.models import create_model, load_model, save_checkpoint
 
 RUNNER = """
@@ -298,7 +298,7 @@ def test_stores_over_2_gib_need_yes_and_the_estimate_is_said(tmp_path, make_data
 
 
 def test_yes_lets_a_large_run_start(setup, monkeypatch):
-    from vessel_lens.interpret import _budget
+    from vessel_lens.interpret.jacobian import budget as _budget
 
     checkpoint, data, out = setup
     monkeypatch.setattr(_budget, "CONFIRM_BYTES", 300_000)  # two 16x16 stores: 524,288 bytes
@@ -338,7 +338,7 @@ def test_the_progress_label_says_which_image_of_how_many(setup, capsys):
 def test_a_store_trapped_by_an_older_version_is_rebuilt(setup, capsys):
     # Older versions stored --chunk-rows as the block size: a store of 256 rows in one block of
     # 10^9 rows could never be written, by that run or any later one.
-    from vessel_lens.interpret.store import JacobianStore
+    from vessel_lens.interpret.jacobian.store import JacobianStore
 
     checkpoint, data, out = setup
     args = common(checkpoint, data, out, "--crop", "16", "--images", "s00")
@@ -366,7 +366,7 @@ def test_a_store_trapped_by_an_older_version_is_rebuilt(setup, capsys):
 
 
 def test_an_unfinished_store_whose_blocks_cannot_fit_is_named(setup, monkeypatch):
-    from vessel_lens.interpret import _budget
+    from vessel_lens.interpret.jacobian import budget as _budget
 
     checkpoint, data, out = setup
     args = common(checkpoint, data, out, "--crop", "16", "--images", "s00", "--block-rows", "64")

@@ -8,7 +8,7 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import jacobian, receptive_field
-from vessel_lens.interpret.field import _surrogate
+from vessel_lens.interpret.fields.structural import _surrogate
 from vessel_lens.models import ResNetSeg
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vessel_lens.interpret import JacobianEngine, receptive_field
-from vessel_lens.interpret._grammar import ChannelLayerNorm, randomise
+from vessel_lens.interpret.proof.grammar import ChannelLayerNorm, randomise
 
 nets = pytest.importorskip("monai.networks.nets")
 

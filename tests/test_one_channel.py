@@ -38,7 +38,7 @@ from vessel_lens.interpret import (
     receptive_field_maps,
     receptive_field_maps_from_jacobian,
 )
-from vessel_lens.interpret.proof import check_model
+from vessel_lens.interpret.proof.check import check_model
 from vessel_lens.interpret.thresholds import gradient_magnitude
 from vessel_lens.models import create_model, load_model, save_checkpoint
 from vessel_lens.models.heads import class_scores, predicted_vessel

@@ -1,5 +1,5 @@
 """The proof harness: random models from a grammar of layers, every claim of the engine checked
-against plain autograd (``vessel_lens.interpret.proof``); and the cases that once failed."""
+against plain autograd (``vessel_lens.interpret.proof.check``); and the cases that once failed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import JacobianEngine, receptive_field, receptive_field_maps
-from vessel_lens.interpret._grammar import ChannelLayerNorm, Custom, random_model, randomise, runs
-from vessel_lens.interpret.erf_maps import ARRAYS
-from vessel_lens.interpret.proof import check_model, reference_jacobian
+from vessel_lens.interpret.fields.maps import ARRAYS
+from vessel_lens.interpret.proof.check import check_model, reference_jacobian
+from vessel_lens.interpret.proof.grammar import (
+    ChannelLayerNorm,
+    Custom,
+    random_model,
+    randomise,
+    runs,
+)
 
 
 class HypothesisChooser:
@@ -49,7 +55,7 @@ def test_every_claim_holds_on_random_models(data):
 
 def test_the_grammar_reaches_every_kind_of_layer():
     """The harness only proves what it draws: 200 seeds must cover the grammar."""
-    from vessel_lens.interpret._grammar import RandomChooser
+    from vessel_lens.interpret.proof.grammar import RandomChooser
 
     seen = set()
     for seed in range(200):
@@ -221,7 +227,7 @@ def test_where_pytorch_autograd_is_wrong_the_engine_is_right():
     channels-last (here made so by a LayerNorm over channels): plain autograd is off by about
     the size of the gradient itself. The linear strategy agrees with finite differences, and
     the harness says so instead of failing."""
-    from vessel_lens.interpret.proof import directional_error
+    from vessel_lens.interpret.proof.check import directional_error
 
     model = nn.Sequential(
         nn.Conv2d(2, 3, 3, padding=1), nn.InstanceNorm2d(3), ChannelLayerNorm(3),

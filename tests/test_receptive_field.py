@@ -10,15 +10,15 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError, DataError
 from vessel_lens.interpret import gradient_magnitude, jacobian, pixel_stats, threshold_value
-from vessel_lens.interpret.erf import (
-    receptive_field_maps,
-    receptive_field_maps_from_jacobian,
-)
-from vessel_lens.interpret.erf_maps import ARRAYS, summarise
-from vessel_lens.interpret.erf_store import (
+from vessel_lens.interpret.fields.maps import ARRAYS, summarise
+from vessel_lens.interpret.fields.store import (
     load_receptive_field_maps,
     read_erf_metadata,
     save_receptive_field_maps,
+)
+from vessel_lens.interpret.fields.thresholded import (
+    receptive_field_maps,
+    receptive_field_maps_from_jacobian,
 )
 from vessel_lens.models import create_model
 
@@ -292,8 +292,21 @@ def test_importing_the_modules_keeps_the_package_names():
     import importlib
 
     import vessel_lens.interpret as interpret
-    from vessel_lens.interpret.field import receptive_field
+    from vessel_lens.interpret.fields.structural import receptive_field
+    from vessel_lens.interpret.jacobian.engine import jacobian
 
-    for name in ("erf", "erf_maps", "erf_run", "erf_stats", "erf_store", "erf_figures"):
-        importlib.import_module(f"vessel_lens.interpret.{name}")
+    for name in (
+        "interpret.fields.thresholded",
+        "interpret.fields.maps",
+        "interpret.fields.run",
+        "interpret.fields.stats",
+        "interpret.fields.stats_run",
+        "interpret.fields.store",
+        "interpret.jacobian.run",
+        "interpret.jacobian.strategies",
+        "viz.field_figures",
+    ):
+        importlib.import_module(f"vessel_lens.{name}")
     assert interpret.receptive_field is receptive_field
+    # the subpackage vessel_lens.interpret.jacobian never hides the function of that name
+    assert interpret.jacobian is jacobian

@@ -9,14 +9,14 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import JacobianEngine, jacobian, receptive_field
-from vessel_lens.interpret._erf_colour import (
+from vessel_lens.interpret.fields._colour import (
     colour_groups,
     combined_gradients,
     periods,
     split_rows,
 )
-from vessel_lens.interpret.erf import receptive_field_maps
-from vessel_lens.interpret.erf_maps import ARRAYS
+from vessel_lens.interpret.fields.maps import ARRAYS
+from vessel_lens.interpret.fields.thresholded import receptive_field_maps
 
 
 def small_cnn(in_channels: int = 2) -> nn.Module:

@@ -12,8 +12,8 @@ from torch import nn
 
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret.attribution import attribute
-from vessel_lens.interpret.sanity import (
+from vessel_lens.interpret.attribution.methods import attribute
+from vessel_lens.interpret.attribution.sanity import (
     RECEPTIVE_FIELD,
     deletion_curve,
     deletion_curves,
@@ -27,7 +27,7 @@ from vessel_lens.interpret.sanity import (
     similarity,
     support_box,
 )
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.models import create_model
 from vessel_lens.viz.attribution_plots import deletion_plot, randomisation_plot
 

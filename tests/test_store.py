@@ -8,7 +8,7 @@ import torch
 
 from vessel_lens.errors import DataError
 from vessel_lens.interpret import LazyRows, load_jacobian
-from vessel_lens.interpret.store import JacobianStore
+from vessel_lens.interpret.jacobian.store import JacobianStore
 
 
 def rows_like_a_jacobian(count: int = 10, seed: int = 0) -> torch.Tensor:

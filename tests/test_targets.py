@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret.targets import (
+from vessel_lens.interpret.attribution.targets import (
     Target,
     TargetValue,
     error_target,

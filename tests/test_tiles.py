@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vessel_lens.interpret import JacobianEngine, jacobian
-from vessel_lens.interpret._inputs import output_seeds
-from vessel_lens.interpret._linear import backward, seed_window
-from vessel_lens.interpret._tiles import compact_groups
+from vessel_lens.interpret.jacobian._linear.strategy import backward, seed_window
+from vessel_lens.interpret.jacobian._linear.tiles import compact_groups
+from vessel_lens.interpret.pixels import output_seeds
 from vessel_lens.models import ResNetSeg
 
 SIZE = 64

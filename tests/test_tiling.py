@@ -15,7 +15,7 @@ from torch import nn
 from vessel_lens.cli import main
 from vessel_lens.errors import ConfigError
 from vessel_lens.models import create_model
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.models.inference import vessel_probability
 
 RADIUS = 2
 """Receptive-field radius of :func:`local_model`: two 3x3 convolutions."""
@@ -112,7 +112,7 @@ LAZY = """
 import sys
 sys.modules["torchvision"] = None  # MONAI must work without it
 import torch
-import vessel_lens, vessel_lens.cli, vessel_lens.training.inference as inference
+import vessel_lens, vessel_lens.cli, vessel_lens.models.inference as inference
 assert "monai" not in sys.modules, "imported at import time"
 model = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
 p = inference.vessel_probability(model, torch.rand(1, 40, 30), tile=16)
@@ -135,6 +135,6 @@ def test_monai_is_a_core_dependency(core_dependencies):
 
 def test_the_command_line_and_the_library_share_the_overlap():
     from vessel_lens.cli import _common
-    from vessel_lens.training import inference
+    from vessel_lens.models import inference
 
     assert _common.DEFAULT_OVERLAP == inference.DEFAULT_OVERLAP

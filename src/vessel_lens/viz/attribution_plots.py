@@ -17,7 +17,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
-from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, DeletionResult, RandomisationResult
+from vessel_lens.interpret.attribution.sanity import (
+    RECEPTIVE_FIELD,
+    DeletionResult,
+    RandomisationResult,
+)
 from vessel_lens.interpret.thresholds import PixelStats
 from vessel_lens.viz.figures import (
     INTENSITY_LABEL,
