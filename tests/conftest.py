@@ -13,6 +13,8 @@ import tifffile
 import torch
 from PIL import Image
 
+from tests.helpers import hold
+
 VESSMAP = Path(
     os.environ.get("VESSEL_LENS_VESSMAP")
     or Path(__file__).resolve().parents[1].parent / "shared/data/vessmap"
@@ -29,6 +31,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    """A folder whose lock another process holds for the whole module, and that process."""
+    folder = tmp_path_factory.mktemp("held") / "out"
+    process = hold(folder)
+    yield folder, process
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture(scope="session")

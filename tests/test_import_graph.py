@@ -301,3 +301,15 @@ def test_imports_under_type_checking_do_not_count(tmp_path):
         },
     )
     assert problems(root) == {"cycles": [], "upward": [], "private": []}
+
+
+def test_viz_imports_neither_training_nor_the_commands():
+    """Figures and the report see models through ``models.inference``, never the training
+    loop, and never the command line above them."""
+    crossing = [
+        f"{edge.importer}:{edge.line} imports {edge.imported}"
+        for edge in edges(PACKAGE)
+        if _inside(edge.importer, "vessel_lens.viz")
+        and any(_inside(edge.imported, f"vessel_lens.{p}") for p in ("training", "cli", "app"))
+    ]
+    assert crossing == []

@@ -10,6 +10,13 @@ from vessel_lens.errors import ConfigError
 from vessel_lens.models.heads import class_scores, score_seeds
 
 
+def check_image(image: object) -> None:
+    """Refuse anything but a (C, H, W) or (H, W) tensor."""
+    if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ConfigError(f"image must be a (C, H, W) or (H, W) tensor, not {shape}")
+
+
 def flat_pixels(pixels: object, height: int, width: int) -> torch.Tensor:
     """``None`` (all, row-major), flat indices (N,), (row, col) pairs (N, 2) or a boolean
     (H, W) mask → flat (N,)."""

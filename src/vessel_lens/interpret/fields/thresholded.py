@@ -36,7 +36,7 @@ from vessel_lens.interpret.fields.maps import ReceptiveFieldMaps, build_maps
 from vessel_lens.interpret.fields.structural import receptive_field, tape_field
 from vessel_lens.interpret.jacobian.engine import JacobianEngine, check_chunk
 from vessel_lens.interpret.jacobian.local import LOCAL_PIXELS, CropJacobian, plan_crops
-from vessel_lens.interpret.pixels import flat_pixels
+from vessel_lens.interpret.pixels import check_image, flat_pixels
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude
 
 DEFAULT_FRACTIONS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5)
@@ -323,9 +323,7 @@ def receptive_field_maps(
         raise ConfigError(f"dtype {dtype}: receptive-field maps use float32 or float64")
     if crops not in CROPS:
         raise ConfigError(f"crops {crops!r}: choose one of {', '.join(CROPS)}")
-    if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ConfigError(f"image must be a (C, H, W) or (H, W) tensor, not {shape}")
+    check_image(image)
     if image.dim() == 2:
         image = image[None]
     reduction = _Reduction(fractions, mode, channels, mass_fractions, global_max,

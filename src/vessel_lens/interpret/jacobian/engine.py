@@ -29,7 +29,7 @@ from vessel_lens.errors import ConfigError
 from vessel_lens.interpret._graph.tape import record
 from vessel_lens.interpret.jacobian._linear.allocator import keep_freed_memory
 from vessel_lens.interpret.jacobian.strategies import REGISTRY, Unavailable
-from vessel_lens.interpret.pixels import flat_pixels, output_seeds
+from vessel_lens.interpret.pixels import check_image, flat_pixels, output_seeds
 from vessel_lens.models.heads import OUTPUTS, class_channel, class_probability
 from vessel_lens.models.inference import frozen_eval, model_device
 
@@ -74,9 +74,7 @@ class JacobianEngine:
             raise ConfigError(f"strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype {dtype}: choose float32, float64, bfloat16 or float16")
-        if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ConfigError(f"image must be a (C, H, W) or (H, W) tensor, not {shape}")
+        check_image(image)
         if not image.is_floating_point():
             raise ConfigError(f"image must be floating point, not {image.dtype}")
         low_precision = dtype in (torch.bfloat16, torch.float16)
