@@ -43,6 +43,17 @@ def held(tmp_path_factory):
     process.wait()
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """``tmp_path/model.pt``: a width-4 ``resnet_seg`` with the weights of seed 0."""
+    from vessel_lens.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(
+        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
+
+
 @pytest.fixture(scope="session")
 def vessmap_root() -> Path:
     """The real VessMAP folder; skipped when absent, except under CI where it must exist."""

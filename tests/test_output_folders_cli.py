@@ -6,11 +6,9 @@ that these tests also run, and fail, against code without ``vessel_lens.outputs`
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.helpers import FOLDER_COMMANDS, command_argv, one_error_line
 from vessel_lens.cli import main
-from vessel_lens.models import create_model, save_checkpoint
 
 LOCK_NAME = ".vessel-lens.lock"
 OVERWRITE_HINT = "choose another --out or pass --overwrite"
@@ -18,11 +16,8 @@ EMPTY_HINT = "choose a new or empty folder for --out"
 
 
 @pytest.fixture
-def inputs(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
-    )
+def inputs(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     return checkpoint, make_dataset(count=2, size=(24, 24))
 
 

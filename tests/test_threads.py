@@ -14,7 +14,6 @@ import torch
 from vessel_lens import threads as threads_module
 from vessel_lens.cli import main
 from vessel_lens.errors import ConfigError, DataError
-from vessel_lens.models import create_model, save_checkpoint
 from vessel_lens.threads import ThreadChoice, choose_threads, torch_threads, work_starts
 
 
@@ -128,11 +127,8 @@ class Stop(DataError):
 
 
 @pytest.fixture
-def tiny(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
-    )
+def tiny(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(count=3, size=(32, 32), splits={"train": ["s00"], "val": ["s01"],
                                                         "test": ["s02"]})  # fmt: skip
     return checkpoint, data, tmp_path

@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers import FOLDER_COMMANDS, command_argv, one_error_line
 from vessel_lens.cli import main
-from vessel_lens.models import create_model, save_checkpoint
 
 PAGE = 4096
 
@@ -62,11 +60,8 @@ def fill(folder: Path, leave_pages: int) -> None:
 
 
 @pytest.fixture
-def inputs(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
-    )
+def inputs(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(
         count=3, size=(40, 40), splits={"train": ["s00"], "val": ["s01"], "test": ["s02"]}
     )
@@ -81,7 +76,7 @@ def test_read_only_folder_is_one_line_before_computing(name, inputs, tmpfs, tmp_
     readonly = tmpfs("readonly", "size=1m,ro")
     for out in (readonly, readonly / "new"):  # existing, and to be created
         if name == "data check --preview" and out == readonly / "new":
-            continue  # a missing folder for --preview is an option error (test_data_check)
+            continue  # a missing folder for --preview is an option error (data/test_check_options.py)
         args = command_argv(name, *inputs, out, tmp_path, crop=32, synth_count=2)
         capsys.readouterr()
         assert main(args) == 1

@@ -56,6 +56,37 @@ def centreline_geometry(label: np.ndarray, skeleton: np.ndarray | None):
     return distance, np.where(width > 0, width, np.nan)
 
 
+def threshold_counts(maps, pick) -> dict[str, np.ndarray]:
+    """``count_<f>``: pixels above each threshold fraction."""
+    return {
+        f"count_{_percent(fraction)}": pick(maps.count[index]).astype(np.float64)
+        for index, fraction in enumerate(maps.fractions)
+    }
+
+
+def mass_radii(maps, pick) -> dict[str, np.ndarray]:
+    """``mass_radius_<q>``: the radius holding each fraction of the gradient mass."""
+    return {
+        f"mass_radius_{_percent(q)}": pick(maps.mass_radius[index]).astype(np.float64)
+        for index, q in enumerate(maps.mass_fractions)
+    }
+
+
+def centroid_distance(maps, pick) -> dict[str, np.ndarray]:
+    """``centroid_distance``: how far the gradient mass's centroid lies from the pixel."""
+    offsets = pick(maps.centroid_offset)
+    return {"centroid_distance": np.linalg.norm(offsets, axis=-1).astype(np.float64)}
+
+
+FIELD_STATISTICS = (threshold_counts, mass_radii, centroid_distance)
+"""The per-pixel statistics of a receptive-field map that erf-stats tabulates: each maps
+``(maps, pick)`` to named columns, where ``pick(array)`` takes a (C?, H, W, ...) map array to
+the computed pixels inside the field of view (first channel of per-channel maps). A new
+statistic is one function here and one entry in this tuple."""
+GEOMETRY = ("predicted", "label", "outcome", "distance", "width")
+"""The columns of a pixel table that say what the pixel is, not how large its field is."""
+
+
 def pixel_table(maps, sample) -> dict[str, np.ndarray]:
     """One row per computed pixel of ``maps`` inside the sample's field-of-view mask (if it
     has one) with its class, geometry and field sizes."""
@@ -108,18 +139,14 @@ def pixel_table(maps, sample) -> dict[str, np.ndarray]:
         "distance": distance[window][computed],
         "width": vessel_width[window][computed],
     }
-    for index, fraction in enumerate(maps.fractions):
-        table[f"count_{_percent(fraction)}"] = pick(maps.count[index]).astype(np.float64)
-    for index, q in enumerate(maps.mass_fractions):
-        table[f"mass_radius_{_percent(q)}"] = pick(maps.mass_radius[index]).astype(np.float64)
-    offsets = maps.centroid_offset.numpy()
-    offsets = offsets[0] if maps.channels == "separate" else offsets
-    table["centroid_distance"] = np.linalg.norm(offsets[computed], axis=-1).astype(np.float64)
+    for statistic in FIELD_STATISTICS:
+        table.update(statistic(maps, pick))
     return table
 
 
 def metric_names(table: dict[str, np.ndarray]) -> list[str]:
-    return [k for k in table if k.startswith(("count_", "mass_radius_", "centroid_"))]
+    """The field statistics among a pixel table's columns (everything but :data:`GEOMETRY`)."""
+    return [k for k in table if k not in GEOMETRY]
 
 
 def _describe(table, mask, metrics) -> dict[str, float]:

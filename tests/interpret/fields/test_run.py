@@ -52,10 +52,8 @@ def run(*args: str, jacobian: bool = False) -> None:
 
 
 @pytest.fixture
-def setup(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    model = create_model("resnet_seg", width=4)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", model, "resnet_seg", {"width": 4})
+def setup(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(count=3, size=(24, 28))
     return checkpoint, data, tmp_path / "erf"
 

@@ -22,7 +22,7 @@ from vessel_lens.models import load_model, read_checkpoint
 from vessel_lens.training import TrainConfig, resume, train
 from vessel_lens.training.config import read_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def tiny(**overrides) -> TrainConfig:

@@ -17,7 +17,7 @@ from vessel_lens.interpret import jacobian, load_jacobian, load_receptive_field_
 from vessel_lens.interpret.fields.run import ErfConfig
 from vessel_lens.interpret.fields.thresholded import receptive_field_maps
 from vessel_lens.interpret.jacobian.run import ExtractConfig
-from vessel_lens.models import create_model, load_model, save_checkpoint
+from vessel_lens.models import load_model
 from vessel_lens.viz.report import crop_sample
 
 HEIGHT, WIDTH = 40, 48
@@ -106,10 +106,8 @@ def test_configs_take_a_box_instead_of_the_centred_crop(tmp_path):
 
 
 @pytest.fixture
-def setup(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    model = create_model("resnet_seg", width=4)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", model, "resnet_seg", {"width": 4})
+def setup(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(count=2, size=(HEIGHT, WIDTH))
     return checkpoint, data, tmp_path
 

@@ -20,7 +20,7 @@ from vessel_lens.models import create_model, save_checkpoint
 
 nets = pytest.importorskip("monai.networks.nets")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SIZE = 32
 CHANNELS = [4, 8, 16]
 UNET_ARGS = {

@@ -41,7 +41,7 @@ from vessel_lens.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "app_load.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "app_load.py"
 MARGIN_MIB = 64
 MIN_HOVERS = 80
 P95_LIMIT_MS = 5000

@@ -11,7 +11,7 @@ import typer
 
 from vessel_lens.cli import build_app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TABLES = {"## The interactive app": "app"}
 """README sections holding an ``| option | default | |`` table, and the command it documents."""
 
