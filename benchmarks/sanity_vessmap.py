@@ -26,7 +26,7 @@ import torch
 from vessel_lens.data.source import open_dataset
 from vessel_lens.interpret.attribution.methods import attribute
 from vessel_lens.interpret.attribution.sanity import (
-    RECEPTIVE_FIELD,
+    THRESHOLDED_MASK,
     deletion_curves,
     randomisation_test,
 )
@@ -125,8 +125,8 @@ def main() -> None:
         stages = list(dict.fromkeys(r["stage"] for r in rows if r["mode"] == mode))
         print(f"\n{mode}: mean over {len(samples)} images x their pixels")
         print("method/metric".ljust(34) + " ".join(s.rjust(9) for s in stages))
-        for method in (*methods, RECEPTIVE_FIELD):
-            metrics = ("iou", "ssim") if method == RECEPTIVE_FIELD else ("spearman", "ssim")
+        for method in (*methods, THRESHOLDED_MASK):
+            metrics = ("iou", "ssim") if method == THRESHOLDED_MASK else ("spearman", "ssim")
             for metric in metrics:
                 values = [
                     _mean(

@@ -16,7 +16,7 @@ from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret.attribution.methods import default_gradcam_layer
 from vessel_lens.interpret.attribution.sanity import (
-    RECEPTIVE_FIELD,
+    THRESHOLDED_MASK,
     deletion_curves,
     randomisation_test,
 )
@@ -257,8 +257,8 @@ def sanity_section(
     )
     summary = []
     for run in runs:
-        for method in (*run.methods, RECEPTIVE_FIELD):
-            metrics = ("iou", "ssim") if method == RECEPTIVE_FIELD else ("spearman", "ssim")
+        for method in (*run.methods, THRESHOLDED_MASK):
+            metrics = ("iou", "ssim") if method == THRESHOLDED_MASK else ("spearman", "ssim")
             for metric in metrics:
                 entry: dict[str, Any] = {"mode": run.mode, "method": method, "metric": metric}
                 entry.update(zip(run.steps, run.series(method, metric), strict=True))

@@ -14,18 +14,18 @@ from vessel_lens.data.synthetic import synthesize
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret.attribution.methods import attribute
 from vessel_lens.interpret.attribution.sanity import (
-    RECEPTIVE_FIELD,
+    THRESHOLDED_MASK,
     deletion_curve,
     deletion_curves,
     mask_similarity,
     parameter_stages,
     randomisation_test,
     randomised_copy,
-    receptive_field_mask,
     reinitialise,
     replacement_image,
     similarity,
     support_box,
+    thresholded_gradient_mask,
 )
 from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.models import create_model
@@ -150,7 +150,7 @@ def test_constant_maps_give_nan_spearman():
     assert math.isnan(values["spearman"])
 
 
-def test_mask_similarity_and_receptive_field_mask():
+def test_mask_similarity_and_thresholded_gradient_mask():
     a = torch.zeros(10, 10, dtype=torch.bool)
     b = torch.zeros(10, 10, dtype=torch.bool)
     a[2:6, 2:6] = True
@@ -159,7 +159,7 @@ def test_mask_similarity_and_receptive_field_mask():
     assert mask_similarity(a, a) == {"iou": 1.0, "ssim": pytest.approx(1.0)}
     gradient = torch.zeros(1, 5, 5)
     gradient[0, 1, 1], gradient[0, 2, 2], gradient[0, 3, 3] = 1.0, -0.5, 0.005
-    assert torch.nonzero(receptive_field_mask(gradient, 0.01)).tolist() == [[1, 1], [2, 2]]
+    assert torch.nonzero(thresholded_gradient_mask(gradient, 0.01)).tolist() == [[1, 1], [2, 2]]
 
 
 def test_randomisation_drops_similarity_of_a_trained_model(trained, data):
@@ -178,7 +178,7 @@ def test_randomisation_drops_similarity_of_a_trained_model(trained, data):
                 # guided backprop's structure is partly kept under randomisation (Adebayo et
                 # al. 2018, "Sanity checks for saliency maps"): its SSIM need not fall steadily
                 assert series[-1] < series[0] - 0.05, (method, metric, series)
-    iou = cascading.series(RECEPTIVE_FIELD, "iou")
+    iou = cascading.series(THRESHOLDED_MASK, "iou")
     assert max(iou) < 1 and iou[-1] < iou[0]
     independent = randomisation_test(
         trained, images[0], pixels[:1], ["saliency"], "independent", rf_fraction=None

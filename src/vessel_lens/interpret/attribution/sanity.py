@@ -70,8 +70,11 @@ from vessel_lens.interpret.thresholds import gradient_magnitude, threshold_value
 from vessel_lens.models.inference import frozen_eval, model_device
 
 RANDOMISATION_MODES = ("cascading", "independent")
-RECEPTIVE_FIELD = "receptive_field"
-"""Method name of the thresholded-gradient rows of a :class:`RandomisationResult`."""
+THRESHOLDED_MASK = "receptive_field"
+"""Method name of the thresholded-gradient mask rows of a :class:`RandomisationResult` (the
+1 % mask of :func:`thresholded_gradient_mask`, not the structural receptive field of
+:mod:`vessel_lens.interpret.fields.structural`); the value is what tables and files have
+always called these rows."""
 
 
 @torch.no_grad()
@@ -192,7 +195,7 @@ def similarity(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]
     return {"spearman": rho, "ssim": float(structural_similarity(a, b, data_range=1.0))}
 
 
-def receptive_field_mask(gradient: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+def thresholded_gradient_mask(gradient: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
     """{|gradient| summed over channels > fraction x its maximum}: (C, H, W) -> bool (H, W)."""
     magnitude = gradient_magnitude(gradient.detach().cpu())
     return magnitude > threshold_value(magnitude, fraction, "pixel")
@@ -215,7 +218,7 @@ class RandomisationResult:
     ``steps[k]`` names what step k randomised (cascading: the stage added at that step).
     Each row: ``mode``, ``step``, ``stage``, ``method``, ``target``, then ``spearman`` and
     ``ssim`` (attribution methods) or ``iou``, ``ssim``, ``count_trained``,
-    ``count_random`` (method :data:`RECEPTIVE_FIELD`).
+    ``count_random`` (method :data:`THRESHOLDED_MASK`).
     """
 
     mode: str
@@ -288,7 +291,7 @@ def randomisation_test(
                     if signed_saliency
                     else attribute(net, image, target, "saliency", abs=False)
                 )
-                out[RECEPTIVE_FIELD, i] = receptive_field_mask(gradient, rf_fraction)
+                out[THRESHOLDED_MASK, i] = thresholded_gradient_mask(gradient, rf_fraction)
         return out
 
     reference = maps(model)
@@ -299,7 +302,7 @@ def randomisation_test(
         for (method, i), value in current.items():
             row = {"mode": mode, "step": step, "stage": walk[step], "method": method}
             row["target"] = chosen[i].name
-            if method == RECEPTIVE_FIELD:
+            if method == THRESHOLDED_MASK:
                 row.update(mask_similarity(reference[method, i], value))
                 row["count_trained"] = int(reference[method, i].sum())
                 row["count_random"] = int(value.sum())
@@ -313,8 +316,8 @@ __all__ = [
     "CURVE_MODES",
     "ORDERS",
     "RANDOMISATION_MODES",
-    "RECEPTIVE_FIELD",
     "REPLACEMENTS",
+    "THRESHOLDED_MASK",
     "DeletionResult",
     "RandomisationResult",
     "deletion_curve",
@@ -323,9 +326,9 @@ __all__ = [
     "parameter_stages",
     "randomisation_test",
     "randomised_copy",
-    "receptive_field_mask",
     "reinitialise",
     "replacement_image",
     "similarity",
     "support_box",
+    "thresholded_gradient_mask",
 ]
