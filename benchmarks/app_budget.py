@@ -280,7 +280,7 @@ def batches(args) -> int:
     from vessel_lens.app.server import limit_malloc_arenas, map_large_allocations
     from vessel_lens.app.work import WorkQueue
     from vessel_lens.data.source import open_dataset
-    from vessel_lens.interpret.attribution import attribute
+    from vessel_lens.interpret.attribution.methods import attribute
     from vessel_lens.models import load_model
 
     limit_malloc_arenas(2)

@@ -30,7 +30,7 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import JacobianEngine, receptive_field_maps
-from vessel_lens.interpret._grammar import randomise
+from vessel_lens.interpret.proof.grammar import randomise
 from vessel_lens.models import ResNetSeg, UNet
 
 

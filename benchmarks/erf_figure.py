@@ -22,7 +22,7 @@ def main() -> None:
 
     from vessel_lens.data.source import open_dataset
     from vessel_lens.interpret import gradient_magnitude, jacobian
-    from vessel_lens.interpret.erf import receptive_field_maps
+    from vessel_lens.interpret.fields.thresholded import receptive_field_maps
     from vessel_lens.models import load_model
     from vessel_lens.viz.figures import add_colorbar, new_figure, save_figure
 

@@ -33,8 +33,8 @@ import torch
 
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.interpret import JacobianEngine
-from vessel_lens.interpret._inputs import output_seeds
-from vessel_lens.interpret._linear import backward, seed_window
+from vessel_lens.interpret.jacobian._linear.strategy import backward, seed_window
+from vessel_lens.interpret.pixels import output_seeds
 from vessel_lens.models import load_model
 
 

@@ -22,7 +22,7 @@ import torch
 
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.interpret import receptive_field_maps
-from vessel_lens.interpret._tape import record
+from vessel_lens.interpret._graph.tape import record
 from vessel_lens.models import load_model
 
 

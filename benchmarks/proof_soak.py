@@ -1,7 +1,7 @@
 """Soak run of the proof harness: many random models, every claim of the engine checked.
 
-Each seed draws a model from the grammar (``vessel_lens.interpret._grammar``) and an input of
-random size, then runs :func:`vessel_lens.interpret.proof.check_model`: the structural field
+Each seed draws a model from the grammar (``vessel_lens.interpret.proof.grammar``) and an input of
+random size, then runs :func:`vessel_lens.interpret.proof.check.check_model`: the structural field
 holds every non-zero gradient, a tight field is attained, every strategy that accepts the model
 matches autograd, and colouring leaves the receptive-field maps unchanged. The tests run a
 dozen fixed examples; this runs as many as asked and prints one line per model, then a summary
@@ -22,8 +22,8 @@ import warnings
 
 import torch
 
-from vessel_lens.interpret._grammar import RandomChooser, random_model, runs
-from vessel_lens.interpret.proof import check_model
+from vessel_lens.interpret.proof.check import check_model
+from vessel_lens.interpret.proof.grammar import RandomChooser, random_model, runs
 
 
 def main() -> int:

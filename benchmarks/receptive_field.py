@@ -64,7 +64,7 @@ def load_text() -> str:
 
 def compare_original(args, model, sample) -> None:
     from vessel_lens.interpret import jacobian
-    from vessel_lens.interpret.erf import (
+    from vessel_lens.interpret.fields.thresholded import (
         receptive_field_maps,
         receptive_field_maps_from_jacobian,
     )
@@ -122,7 +122,7 @@ def compare_original(args, model, sample) -> None:
 
 
 def _full_child(checkpoint: str, image: torch.Tensor, threads: int, queue) -> None:
-    from vessel_lens.interpret.erf import receptive_field_maps
+    from vessel_lens.interpret.fields.thresholded import receptive_field_maps
     from vessel_lens.models import load_model
 
     torch.set_num_threads(threads)
@@ -169,7 +169,7 @@ def full_image(args, sample) -> None:
 
 def colouring(args, model, sample) -> None:
     from vessel_lens.interpret import JacobianEngine, receptive_field
-    from vessel_lens.interpret._erf_colour import (
+    from vessel_lens.interpret.fields._colour import (
         colour_groups,
         combined_gradients,
         periods,

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from vessel_lens.data.source import open_dataset
-from vessel_lens.interpret.attribution import attribute
-from vessel_lens.interpret.sanity import (
-    RECEPTIVE_FIELD,
+from vessel_lens.interpret.attribution.methods import attribute
+from vessel_lens.interpret.attribution.sanity import (
+    THRESHOLDED_MASK,
     deletion_curves,
     randomisation_test,
 )
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.models import load_model
-from vessel_lens.training.inference import vessel_probability
+from vessel_lens.models.inference import vessel_probability
 from vessel_lens.viz.attribution_plots import randomisation_plot
 from vessel_lens.viz.report import choose_pixels, crop_sample
 
@@ -125,8 +125,8 @@ def main() -> None:
         stages = list(dict.fromkeys(r["stage"] for r in rows if r["mode"] == mode))
         print(f"\n{mode}: mean over {len(samples)} images x their pixels")
         print("method/metric".ljust(34) + " ".join(s.rjust(9) for s in stages))
-        for method in (*methods, RECEPTIVE_FIELD):
-            metrics = ("iou", "ssim") if method == RECEPTIVE_FIELD else ("spearman", "ssim")
+        for method in (*methods, THRESHOLDED_MASK):
+            metrics = ("iou", "ssim") if method == THRESHOLDED_MASK else ("spearman", "ssim")
             for metric in metrics:
                 values = [
                     _mean(

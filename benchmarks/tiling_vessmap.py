@@ -28,7 +28,7 @@ def mosaics(samples):
 def main() -> None:
     from vessel_lens.data.source import open_dataset
     from vessel_lens.models import load_model
-    from vessel_lens.training.inference import vessel_probability
+    from vessel_lens.models.inference import vessel_probability
     from vessel_lens.training.metrics import Confusion, confusion, overlap_scores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

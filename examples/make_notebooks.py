@@ -196,8 +196,8 @@ def compare_attributions() -> nbformat.NotebookNode:
             setup_cell(
                 "from vessel_lens.errors import ConfigError",
                 "from vessel_lens.interpret.attribution import METHODS, attribute",
-                "from vessel_lens.interpret.sanity import deletion_curves, randomisation_test",
-                "from vessel_lens.interpret.targets import (\n    error_target,\n"
+                "from vessel_lens.interpret.attribution.sanity import deletion_curves, randomisation_test",
+                "from vessel_lens.interpret.attribution.targets import (\n    error_target,\n"
                 "    pixel_target,\n    predicted_vessels,\n    segment_target,\n)",
                 "from vessel_lens.training import TrainConfig, train, vessel_probability",
                 "from vessel_lens.viz.attribution_plots import attribution_grid, "

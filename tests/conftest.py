@@ -13,6 +13,8 @@ import tifffile
 import torch
 from PIL import Image
 
+from tests.helpers import hold
+
 VESSMAP = Path(
     os.environ.get("VESSEL_LENS_VESSMAP")
     or Path(__file__).resolve().parents[1].parent / "shared/data/vessmap"
@@ -29,6 +31,27 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    """A folder whose lock another process holds for the whole module, and that process."""
+    folder = tmp_path_factory.mktemp("held") / "out"
+    process = hold(folder)
+    yield folder, process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """``tmp_path/model.pt``: a width-4 ``resnet_seg`` with the weights of seed 0."""
+    from vessel_lens.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(
+        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
+    )
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import one_error_line
 from vessel_lens.cli import main
 from vessel_lens.errors import DataError
 from vessel_lens.interpret import load_jacobian
@@ -46,12 +47,6 @@ def pause_when(process: subprocess.Popen, ready, timeout: float = 240) -> None:
         time.sleep(0.005)
     process.send_signal(signal.SIGSTOP)
     assert process.poll() is None, process.stderr.read()
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def without_locks(monkeypatch) -> None:
@@ -86,7 +81,7 @@ def test_jacobian_second_writer_is_refused_and_mixed_blocks_are_caught(
     try:
         assert 12 <= paused_at < 128, "run A was not paused part way"
         assert main(["jacobian", *args, "--output", "logit", "--overwrite"]) == 2
-        line = error_line(capsys.readouterr().err)
+        line = one_error_line(capsys.readouterr().err)
         assert line.startswith(f"error: {out}: in use by vessel-lens jacobian (PID {run_a.pid}, ")
         with monkeypatch.context() as patch, pytest.warns(UserWarning, match="cannot be locked"):
             without_locks(patch)
@@ -95,7 +90,7 @@ def test_jacobian_second_writer_is_refused_and_mixed_blocks_are_caught(
         run_a.send_signal(signal.SIGCONT)
     _, err = run_a.communicate(timeout=240)
     assert run_a.returncode != 0
-    assert "was created again by another run while this one wrote into it" in error_line(err)
+    assert "was created again by another run while this one wrote into it" in one_error_line(err)
 
     foreign = 128 - paused_at  # A's blocks written after B had finished
     with pytest.raises(DataError, match=f"{foreign} of 128 blocks were written by another run"):
@@ -128,7 +123,7 @@ def test_train_second_writer_is_refused_and_a_mixed_run_is_not_resumed(
     pause_when(run_a, lambda: epochs_written() >= 1)
     try:
         assert main(["train", "--out", str(out), "--overwrite", "--epochs", "1", *args]) == 2
-        line = error_line(capsys.readouterr().err)
+        line = one_error_line(capsys.readouterr().err)
         assert line.startswith(f"error: {out}: in use by vessel-lens train (PID {run_a.pid}, ")
         with monkeypatch.context() as patch, pytest.warns(UserWarning, match="cannot be locked"):
             without_locks(patch)
@@ -137,7 +132,7 @@ def test_train_second_writer_is_refused_and_a_mixed_run_is_not_resumed(
         run_a.send_signal(signal.SIGCONT)
     _, err = run_a.communicate(timeout=240)
     assert run_a.returncode == 1
-    assert "config.yaml was replaced by another run while this one trained" in error_line(err)
+    assert "config.yaml was replaced by another run while this one trained" in one_error_line(err)
 
     # config.yaml (and best.pt) are B's, last.pt and metrics.csv A's
     config_id = re.search(r"run_id: (\w+)", (out / "config.yaml").read_text()).group(1)
@@ -145,5 +140,5 @@ def test_train_second_writer_is_refused_and_a_mixed_run_is_not_resumed(
     assert len((out / "metrics.csv").read_text().splitlines()) == 7  # A's six epochs
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 2
-    line = error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "last.pt belongs to another run" in line and "start it again with --overwrite" in line

@@ -229,7 +229,7 @@ def test_app_gradient_on_cuda_matches_cpu(workspace):
 
 
 def test_sliding_windows_on_cuda_match_cpu_and_return_to_the_cpu():
-    from vessel_lens.training.inference import vessel_probability
+    from vessel_lens.models.inference import vessel_probability
 
     model = reference_model()
     image = torch.rand(1, 300, 250)

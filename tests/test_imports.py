@@ -112,9 +112,9 @@ def test_help_and_argument_errors_import_no_heavy_library(argv):
 
 
 def test_lazy_names_are_the_modules_objects_and_unknown_names_fail():
-    from vessel_lens.models import checkpoint
+    from vessel_lens.models import source
 
-    assert vessel_lens.load_model is checkpoint.load_model
+    assert vessel_lens.load_model is source.load_model
     assert set(vessel_lens.__all__) <= set(dir(vessel_lens))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         vessel_lens.not_a_name  # noqa: B018

@@ -7,12 +7,10 @@ import errno
 import os
 import re
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import hold
 from vessel_lens.errors import ConfigError, OutputError, WriteError
 from vessel_lens.outputs import (
     EMPTY_HINT,
@@ -26,40 +24,6 @@ from vessel_lens.outputs import (
     require_empty,
 )
 from vessel_lens.write_errors import write_error
-
-HOLDER = """
-import sys, time
-from vessel_lens.outputs import OutputLock
-OutputLock(sys.argv[1], "test-holder").acquire()
-print("held", flush=True)
-time.sleep(600)
-"""
-
-
-def hold(folder: Path) -> subprocess.Popen:
-    """A process holding ``folder``'s lock until it is killed."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
-@pytest.fixture(scope="module")
-def held(tmp_path_factory):
-    """A folder whose lock another process holds for the whole module, and that process."""
-    folder = tmp_path_factory.mktemp("held") / "out"
-    process = hold(folder)
-    yield folder, process
-    process.kill()
-    process.wait()
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the lock

@@ -3,6 +3,7 @@ computes, printed in one line, and restored afterwards."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from types import SimpleNamespace
@@ -13,7 +14,6 @@ import torch
 from vessel_lens import threads as threads_module
 from vessel_lens.cli import main
 from vessel_lens.errors import ConfigError, DataError
-from vessel_lens.models import create_model, save_checkpoint
 from vessel_lens.threads import ThreadChoice, choose_threads, torch_threads, work_starts
 
 
@@ -127,11 +127,8 @@ class Stop(DataError):
 
 
 @pytest.fixture
-def tiny(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
-    )
+def tiny(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(count=3, size=(32, 32), splits={"train": ["s00"], "val": ["s01"],
                                                         "test": ["s02"]})  # fmt: skip
     return checkpoint, data, tmp_path
@@ -168,12 +165,13 @@ def _commands(checkpoint, data, root):
         "jacobian": (
             ["jacobian", "--checkpoint", ckpt, "--data", data, "--crop", "16", "--out",
              str(root / "grads"), "--device", "cpu", "--no-progress"],
-            "vessel_lens.interpret.extract.fill",
+            # vessel_lens.interpret.jacobian is also the function: the module is named whole
+            (importlib.import_module("vessel_lens.interpret.jacobian.run"), "fill"),
         ),
         "erf": (
             ["erf", "--checkpoint", ckpt, "--data", data, "--crop", "16", "--out",
              str(root / "erf"), "--device", "cpu", "--no-progress"],
-            "vessel_lens.interpret.erf_run._compute",
+            "vessel_lens.interpret.fields.run._compute",
         ),
         "report": (
             ["report", "--checkpoint", ckpt, "--data", data, "--out", str(root / "report"),
@@ -205,6 +203,11 @@ def test_every_computing_command_takes_threads():
     assert set(commands) - with_threads == {"data", "models", "erf-stats"}
 
 
+def _target(target):
+    """``(dotted path,)`` or ``(module, name)`` for ``monkeypatch.setattr``."""
+    return target if isinstance(target, tuple) else (target,)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("given", [None, 2])
 def test_each_command_applies_threads_prints_the_line_and_restores(
@@ -213,7 +216,7 @@ def test_each_command_applies_threads_prints_the_line_and_restores(
     fake_machine(monkeypatch, 4, 1.0)  # the choice is 3 threads; the tests run on 1
     argv, target = _commands(*tiny)[command]
     record: list[int] = []
-    monkeypatch.setattr(target, _seen(record))
+    monkeypatch.setattr(*_target(target), _seen(record))
     before = torch.get_num_threads()
     extra = [] if given is None else ["--threads", str(given)]
     assert main([*argv, *extra]) == 2
@@ -229,7 +232,7 @@ def test_each_command_applies_threads_prints_the_line_and_restores(
 def test_each_command_refuses_negative_threads(command, tiny, monkeypatch, capsys):
     argv, target = _commands(*tiny)[command]
     record: list[int] = []
-    monkeypatch.setattr(target, _seen(record))
+    monkeypatch.setattr(*_target(target), _seen(record))
     assert main([*argv, "--threads", "-1"]) == 2
     err = capsys.readouterr().err
     assert record == []
@@ -260,14 +263,16 @@ def test_train_resume_takes_threads(tiny, monkeypatch, capsys):
 
 def test_library_calls_choose_and_restore(tiny, monkeypatch):
     """The configs' ``threads`` apply inside the library call, torch's setting is restored."""
-    from vessel_lens.interpret.erf_run import ErfConfig, run_erf
-    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.interpret.fields.run import ErfConfig, run_erf
+    from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 
     fake_machine(monkeypatch, 4, 1.0)
     checkpoint, data, root = tiny
     record: list[int] = []
-    monkeypatch.setattr("vessel_lens.interpret.extract._extract", _seen(record))
-    monkeypatch.setattr("vessel_lens.interpret.erf_run._run", _seen(record))
+    monkeypatch.setattr(
+        importlib.import_module("vessel_lens.interpret.jacobian.run"), "_extract", _seen(record)
+    )
+    monkeypatch.setattr("vessel_lens.interpret.fields.run._run", _seen(record))
     for threads in (0, 2):
         with pytest.raises(Stop):
             extract_jacobians(ExtractConfig(str(checkpoint), root / "g", str(data),

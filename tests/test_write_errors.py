@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.helpers import FOLDER_COMMANDS, command_argv, one_error_line
 from vessel_lens.cli import main
-from vessel_lens.models import create_model, save_checkpoint
 
 PAGE = 4096
 
@@ -61,51 +60,15 @@ def fill(folder: Path, leave_pages: int) -> None:
 
 
 @pytest.fixture
-def inputs(tmp_path, make_dataset):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        tmp_path / "model.pt", create_model("resnet_seg", width=4), "resnet_seg", {"width": 4}
-    )
+def inputs(tmp_path, make_dataset, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
     data = make_dataset(
         count=3, size=(40, 40), splits={"train": ["s00"], "val": ["s01"], "test": ["s02"]}
     )
     return checkpoint, data
 
 
-def command(name: str, checkpoint: Path, data: Path, out: Path, workdir: Path) -> list[str]:
-    model = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "all"]
-    if name == "erf-stats" and not (workdir / "maps").exists():
-        assert main(["erf", *model, "--crop", "16", "--out", str(workdir / "maps"),
-                     "--no-progress"]) == 0  # fmt: skip
-    return {
-        "train": ["train", "--out", str(out), "--data", str(data), "--width", "4", "--epochs",
-                  "1", "--crop-size", "16", "--device", "cpu", "--no-progress"],
-        "evaluate": ["evaluate", *model, "--out", str(out)],
-        "predict": ["predict", "--checkpoint", str(checkpoint), "--images",
-                    str(data / "images"), "--out", str(out)],
-        "jacobian": ["jacobian", *model, "--crop", "32", "--out", str(out), "--no-progress"],
-        "erf": ["erf", *model, "--crop", "32", "--out", str(out), "--no-progress"],
-        "erf-stats": ["erf-stats", str(workdir / "maps"), "--data", str(data), "--out",
-                      str(out)],
-        "report": ["report", *model, "--crop", "16", "--max-images", "1", "--sanity-images",
-                   "0", "--out", str(out), "--no-progress"],
-        "data synth": ["data", "synth", "--out", str(out), "--count", "2", "--size", "32"],
-        "demo": ["demo", "--out", str(out), "--device", "cpu", "--no-progress"],
-        "data check --preview": ["data", "check", "--data", str(data), "--preview",
-                                 str(out / "preview.png")],
-    }[name]  # fmt: skip
-
-
-COMMANDS = ["train", "evaluate", "predict", "jacobian", "erf", "erf-stats", "report",
-            "data synth", "demo", "data check --preview"]  # fmt: skip
-
-
-def one_error_line(err: str) -> str:
-    """The one ``error:`` line (progress bars aside) of a failed command."""
-    lines = [line for line in err.splitlines() if line.startswith("error")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    return lines[0]
+COMMANDS = [*FOLDER_COMMANDS, "data check --preview"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -113,8 +76,8 @@ def test_read_only_folder_is_one_line_before_computing(name, inputs, tmpfs, tmp_
     readonly = tmpfs("readonly", "size=1m,ro")
     for out in (readonly, readonly / "new"):  # existing, and to be created
         if name == "data check --preview" and out == readonly / "new":
-            continue  # a missing folder for --preview is an option error (test_data_check)
-        args = command(name, *inputs, out, tmp_path)
+            continue  # a missing folder for --preview is an option error (data/test_check_options.py)
+        args = command_argv(name, *inputs, out, tmp_path, crop=32, synth_count=2)
         capsys.readouterr()
         assert main(args) == 1
         line = one_error_line(capsys.readouterr().err)
@@ -129,7 +92,7 @@ def test_evaluate_checks_the_folder_before_computing(inputs, tmpfs, tmp_path, mo
 
     monkeypatch.setattr(evaluate_module, "evaluate_model", computing)
     readonly = tmpfs("readonly", "size=1m,ro")  # exists, so creating it succeeds
-    assert main(command("evaluate", *inputs, readonly, tmp_path)) == 1
+    assert main(command_argv("evaluate", *inputs, readonly, tmp_path, crop=32, synth_count=2)) == 1
     line = one_error_line(capsys.readouterr().err)
     assert line == f"error: {readonly}: cannot write (read-only file system)"
 
@@ -162,7 +125,9 @@ def test_folder_of_mode_500_is_permission_denied(inputs, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     locked.chmod(0o500)
-    runs = [command(name, *inputs, locked, tmp_path) for name in COMMANDS]
+    runs = [
+        command_argv(name, *inputs, locked, tmp_path, crop=32, synth_count=2) for name in COMMANDS
+    ]
     preexec = _without_dac_override if os.geteuid() == 0 else None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -189,7 +154,7 @@ def test_full_disk_during_a_checkpoint_save_names_the_file(inputs, tmpfs, tmp_pa
     disk = tmpfs("disk", "size=1m")
     fill(disk, leave_pages=3)  # the lock record and config.yaml fit, the checkpoint does not
     out = disk / "run"
-    assert main(command("train", *inputs, out, tmp_path)) == 1
+    assert main(command_argv("train", *inputs, out, tmp_path, crop=32, synth_count=2)) == 1
     line = one_error_line(capsys.readouterr().err)
     assert line == f"error: {out / 'last.pt'}: cannot write (no space left on device)"
     assert not list(out.glob(".*.tmp")) and not (out / ".vessel-lens.lock").exists()
@@ -200,7 +165,7 @@ def test_full_disk_while_writing_results_is_one_line(name, inputs, tmpfs, tmp_pa
     disk = tmpfs("disk", "size=1m")
     fill(disk, leave_pages=3)
     out = disk / "out"
-    assert main(command(name, *inputs, out, tmp_path)) == 1
+    assert main(command_argv(name, *inputs, out, tmp_path, crop=32, synth_count=2)) == 1
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {out}") and line.endswith("(no space left on device)")
     assert not (out / ".vessel-lens.lock").exists()

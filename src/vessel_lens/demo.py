@@ -20,11 +20,11 @@ from vessel_lens.data.samples import Sample
 from vessel_lens.data.source import open_dataset
 from vessel_lens.data.synthetic import write_synthetic_dataset
 from vessel_lens.errors import OutputError
-from vessel_lens.interpret.erf_maps import summarise
-from vessel_lens.interpret.erf_run import ErfConfig, run_erf
-from vessel_lens.interpret.erf_store import load_receptive_field_maps
-from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
-from vessel_lens.interpret.store import load_jacobian
+from vessel_lens.interpret.fields.maps import summarise
+from vessel_lens.interpret.fields.run import ErfConfig, run_erf
+from vessel_lens.interpret.fields.store import load_receptive_field_maps
+from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
+from vessel_lens.interpret.jacobian.store import load_jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
 from vessel_lens.models import load_model
 from vessel_lens.outputs import claim_output, other_entries, require_empty

@@ -1,7 +1,7 @@
 """The Captum methods as the app runs them: in batches of bounded size, with progress, a
 cancel, and a private copy of the model.
 
-:func:`~vessel_lens.interpret.attribution.attribute` evaluates integrated gradients' 50 steps,
+:func:`~vessel_lens.interpret.attribution.methods.attribute` evaluates integrated gradients' 50 steps,
 SmoothGrad's and GradientSHAP's 16 samples in one batch by default: 3.2 GiB above the
 server's base for integrated gradients on a 256x256 view with the width-16 model. Here each
 method gets the batch size whose reservation fits :data:`BATCH_SHARE` of the memory budget
@@ -28,8 +28,8 @@ from torch import nn
 
 from vessel_lens.app.costs import Costs
 from vessel_lens.app.work import Slot
-from vessel_lens.interpret.attribution import METHOD_OPTIONS
-from vessel_lens.interpret.targets import Target
+from vessel_lens.interpret.attribution.methods import METHOD_OPTIONS
+from vessel_lens.interpret.attribution.targets import Target
 
 BATCH_SHARE = 4
 """A batch may reserve at most 1 / BATCH_SHARE of the budget (several runs fit at once)."""
@@ -121,7 +121,7 @@ def run(
 ) -> torch.Tensor:
     """The attribution (C, H, W) float32 of ``target`` by the planned method, batch by batch
     inside ``slot``; ``model`` is the caller's private copy (its hooks and modes change)."""
-    from vessel_lens.interpret.attribution import attribute
+    from vessel_lens.interpret.attribution.methods import attribute
 
     done = [0]
 

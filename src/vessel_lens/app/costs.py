@@ -3,7 +3,7 @@
 What a model costs grows with the view's pixel count: the prepared view
 (:class:`~vessel_lens.interpret.JacobianEngine`) holds the recorded forward pass, one
 attribution sample holds what autograd saves for its backward pass, a hovered pixel's
-windowed backward pass and the view's receptive field (:func:`~vessel_lens.interpret.field.
+windowed backward pass and the view's receptive field (:func:`~vessel_lens.interpret.fields.structural.
 receptive_field`) need working memory while they run. All are measured on two probe images
 (128x128 and 256x256, random pixels): the engine's bytes as
 :func:`~vessel_lens.app.cache.held_bytes` counts them, the saved bytes through
@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_leaves
 
 from vessel_lens.app.cache import held_bytes
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret._inputs import frozen_eval
+from vessel_lens.models.inference import frozen_eval
 
 PROBE_SIDES = (128, 256)
 MARGIN = 1.25
@@ -181,7 +181,7 @@ def saved_bytes(model: nn.Module, image: torch.Tensor) -> int:
 def measure_costs(model: nn.Module, in_channels: int, device: torch.device) -> Costs:
     """Measure :class:`Costs` on the probe images (the caller holds the model's lock)."""
     from vessel_lens.interpret import JacobianEngine
-    from vessel_lens.interpret.field import receptive_field
+    from vessel_lens.interpret.fields.structural import receptive_field
 
     generator = torch.Generator().manual_seed(0)
     measured: dict[str, list[tuple[int, int]]] = {

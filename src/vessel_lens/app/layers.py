@@ -110,7 +110,7 @@ def _computed_counts(ctx: LayerContext) -> LayerResult:
     """The count map computed by the app (every S-th pixel, :mod:`.countmap`), or the task
     computing it."""
     from vessel_lens.app.countmap import store_size_words
-    from vessel_lens.interpret._budget import store_bytes
+    from vessel_lens.interpret.jacobian.budget import store_bytes
 
     state, view = ctx.state, ctx.view
     title = "Receptive-field count: |g| above the threshold"

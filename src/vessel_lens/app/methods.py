@@ -2,7 +2,7 @@
 
 ``gradient`` — the exact Jacobian row of the pixel's vessel probability, from the prepared
 engine (one backward pass, cached) — is always there and fast enough to follow the mouse.
-The Captum methods of :mod:`vessel_lens.interpret.attribution` are added by
+The Captum methods of :mod:`vessel_lens.interpret.attribution.methods` are added by
 :func:`discover_methods` when that module and Captum import; they cost from one to hundreds
 of passes, so they run on click only, in the background: until its map is in the cache, such a
 method raises :class:`Pending`, whose ``run`` computes it (batched and cancellable, see
@@ -10,7 +10,7 @@ method raises :class:`Pending`, whose ``run`` computes it (batched and cancellab
 
 Targets: the gradient explains one pixel; the Captum methods may also explain the vessel
 segment around the pixel (in the prediction or the label) or the false-positive /
-false-negative region of the view, as defined in :mod:`vessel_lens.interpret.targets`.
+false-negative region of the view, as defined in :mod:`vessel_lens.interpret.attribution.targets`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _gradient(state, model_key, view, row, col, target) -> tuple[torch.Tensor, s
 
 
 def _target(state, model_key, view, row, col, kind):
-    from vessel_lens.interpret import targets
+    from vessel_lens.interpret.attribution import targets
 
     shape = (view.height, view.width)
     if kind == "pixel":
@@ -120,7 +120,7 @@ def discover_methods() -> list[str]:
     register_method(Method("gradient", "Gradient (exact Jacobian row)", True, _gradient))
     if importlib.util.find_spec("captum") is not None:
         try:
-            from vessel_lens.interpret.attribution import METHODS
+            from vessel_lens.interpret.attribution.methods import METHODS
         except ImportError:
             METHODS = ()
         for name in METHODS:

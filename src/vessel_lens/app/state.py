@@ -107,7 +107,7 @@ def load_models(config: AppConfig, device: torch.device) -> dict[str, ModelEntry
     """``m0``, ``m1``, ... for the checkpoints, ``--model`` and ``--compare`` when it is a
     file, plus ``random``: a random initialisation of the first model's architecture (none
     when that is a TorchScript or torch.export file, which has no constructor)."""
-    from vessel_lens.interpret.extract import weights_hash
+    from vessel_lens.interpret.provenance import weights_hash
 
     entries: dict[str, ModelEntry] = {}
     first = None
@@ -361,7 +361,7 @@ class AppState:
 
     def view_hash(self, view: View) -> str:
         """Fingerprint of the view's pixels, as precomputed files record theirs (cached)."""
-        from vessel_lens.interpret.extract import image_hash
+        from vessel_lens.interpret.provenance import image_hash
 
         return self.view_hashes.get_or_create(
             view, lambda: image_hash(view.crop(self.sample(view.key).image))
@@ -444,7 +444,7 @@ class AppState:
     def _field(self, model_key: str, view: View):
         """The receptive field at the view's size, or why there is none (a string): the
         model has none the library can bound, or computing it needs more than the budget."""
-        from vessel_lens.interpret.field import receptive_field
+        from vessel_lens.interpret.fields.structural import receptive_field
 
         entry = self.model(model_key)
         key = ("field", model_key, view.height, view.width)

@@ -25,7 +25,7 @@ import torch
 
 from vessel_lens.app.cache import LRUCache, held_bytes
 from vessel_lens.errors import DataError
-from vessel_lens.interpret.extract import image_hash
+from vessel_lens.interpret.provenance import image_hash
 from vessel_lens.interpret.thresholds import check_fraction, gradient_magnitude, threshold_value
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class StoreIndex:
 
     @staticmethod
     def _read(path: Path) -> StoredJacobian:
-        from vessel_lens.interpret.store import JacobianStore
+        from vessel_lens.interpret.jacobian.store import JacobianStore
 
         store = JacobianStore.open(path, mode="r")
         attrs = store.attrs
@@ -182,7 +182,7 @@ class StoreIndex:
                 return read()
 
         def read() -> _Loaded:
-            from vessel_lens.interpret.store import load_jacobian
+            from vessel_lens.interpret.jacobian.store import load_jacobian
 
             rows, meta = load_jacobian(store.path, lazy=not self.in_memory(store))
             height, width = store.crop_box[2], store.crop_box[3]
@@ -195,7 +195,7 @@ class StoreIndex:
         return self._loaded.get_or_create(store.path, load)
 
     def image(self, store: StoredJacobian) -> torch.Tensor:
-        from vessel_lens.interpret.store import JacobianStore
+        from vessel_lens.interpret.jacobian.store import JacobianStore
 
         group = JacobianStore.open(store.path, mode="r").group
         return torch.from_numpy(np.asarray(group["image"][...], dtype=np.float32))
@@ -283,13 +283,13 @@ class MapIndex:
         self.problems: list[str] = []
         self._loaded = LRUCache(4, cache_bytes, size_of=held_bytes)
         if folder is not None:
-            from vessel_lens.interpret.erf_store import find_receptive_field_maps
+            from vessel_lens.interpret.fields.store import find_receptive_field_maps
 
             self.maps, self.problems = _index(find_receptive_field_maps(folder), self._read)
 
     @staticmethod
     def _read(path: Path) -> StoredMaps:
-        from vessel_lens.interpret.erf_store import SUFFIX, read_erf_metadata
+        from vessel_lens.interpret.fields.store import SUFFIX, read_erf_metadata
 
         header = read_erf_metadata(path)
         name = path.name[: -len(SUFFIX)]
@@ -330,6 +330,6 @@ class MapIndex:
     def load(self, entry: StoredMaps):
         """The file's :class:`~vessel_lens.interpret.ReceptiveFieldMaps` (cached);
         :class:`DataError` when the file is damaged."""
-        from vessel_lens.interpret.erf_store import load_receptive_field_maps
+        from vessel_lens.interpret.fields.store import load_receptive_field_maps
 
         return self._loaded.get_or_create(entry.path, lambda: load_receptive_field_maps(entry.path))

@@ -16,7 +16,7 @@ from vessel_lens.errors import ConfigError
 DEFAULT_TILE = 1024
 """``--tile`` of the commands that predict whole images."""
 DEFAULT_OVERLAP = 0.25
-"""``--overlap``: as ``vessel_lens.training.inference.DEFAULT_OVERLAP`` (torch-free here)."""
+"""``--overlap``: as ``vessel_lens.models.inference.DEFAULT_OVERLAP`` (torch-free here)."""
 TileOption = Annotated[
     int,
     typer.Option(

@@ -113,7 +113,7 @@ def erf(
     processes.
     """
     from vessel_lens.distributed import shutdown_distributed
-    from vessel_lens.interpret.erf_run import ErfConfig, describe, run_erf
+    from vessel_lens.interpret.fields.run import ErfConfig, describe, run_erf
     from vessel_lens.models.source import parse_model_args
 
     if full and crop is not None:
@@ -200,8 +200,8 @@ def erf_stats(
 ) -> int:
     """Tabulate and plot receptive-field size against predicted class, correctness
     (TP/FP/FN/TN), distance to the nearest vessel centreline and local vessel width."""
-    from vessel_lens.interpret.erf_stats import StatsConfig
-    from vessel_lens.interpret.erf_stats import erf_stats as run_stats
+    from vessel_lens.interpret.fields.stats_run import StatsConfig
+    from vessel_lens.interpret.fields.stats_run import erf_stats as run_stats
 
     result = run_stats(
         StatsConfig(erf_dir=erf_dir, data=data, split=split, out=out, overwrite=overwrite)

@@ -51,9 +51,9 @@ def evaluate(
     from vessel_lens.data.statistics import data_statistics, distribution_warnings
     from vessel_lens.devices import resolve_device
     from vessel_lens.errors import ConfigError
+    from vessel_lens.models.inference import check_tiling
     from vessel_lens.outputs import claim_output
     from vessel_lens.training.evaluate import evaluate_model, format_table, write_evaluation
-    from vessel_lens.training.inference import check_tiling
 
     source = model_source(checkpoint, model, model_args, weights)
     check_tiling(tile, overlap)
@@ -147,7 +147,7 @@ def predict(
 ) -> int:
     """Predict vessel probability and mask PNGs for new images."""
     from vessel_lens.devices import resolve_device
-    from vessel_lens.training.inference import check_tiling
+    from vessel_lens.models.inference import check_tiling
     from vessel_lens.training.predict import predict_folder
 
     source = model_source(checkpoint, model, model_args, weights)

@@ -109,7 +109,7 @@ def jacobian(
     among the processes.
     """
     from vessel_lens.distributed import shutdown_distributed
-    from vessel_lens.interpret.extract import ExtractConfig, extract_jacobians
+    from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
     from vessel_lens.models.source import parse_model_args
 
     config = ExtractConfig(

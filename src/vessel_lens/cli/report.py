@@ -108,14 +108,8 @@ def report(
     from vessel_lens.errors import ConfigError, DataError
     from vessel_lens.models.foreign import ForeignCheckpoint
     from vessel_lens.threads import check_threads
-    from vessel_lens.viz.report import (
-        DELETION_METHODS,
-        SANITY_METHODS,
-        ReportOptions,
-        check_output,
-        crop_sample,
-        write_report,
-    )
+    from vessel_lens.viz.report import check_output, crop_sample, write_report
+    from vessel_lens.viz.report_options import DELETION_METHODS, SANITY_METHODS, ReportOptions
     from vessel_lens.viz.report_sections import find_run_folder
 
     source = model_source(checkpoint, model, model_args, weights)
@@ -205,7 +199,7 @@ def _without_layer_methods(options, net, checkpoint, given: dict) -> str:
     """Leave out the methods that need the model's layers when a TorchScript or exported
     program hides them (refuse them when asked for by name); what was left out and why."""
     from vessel_lens.errors import ConfigError
-    from vessel_lens.interpret.attribution import LAYER_METHODS, hides_layers
+    from vessel_lens.interpret.attribution.methods import LAYER_METHODS, hides_layers
 
     if not hides_layers(net):
         return ""

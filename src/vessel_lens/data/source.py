@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,7 +15,9 @@ from vessel_lens.data.samples import Sample, load_samples
 from vessel_lens.data.splits import resolve_splits, seeded_split
 from vessel_lens.data.synthetic import synthesize
 from vessel_lens.errors import ConfigError, DataError
-from vessel_lens.models.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from vessel_lens.models.checkpoint import Checkpoint
 
 SYNTHETIC = "synthetic"
 

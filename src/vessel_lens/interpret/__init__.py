@@ -8,22 +8,9 @@ attribution methods on segmentation targets; ``randomisation_test`` and ``deleti
 check attributions; ``thresholds`` holds the thresholded-gradient definitions.
 """
 
-from vessel_lens.interpret.attribution import METHOD_OPTIONS, METHODS, attribute
-from vessel_lens.interpret.erf import receptive_field_maps, receptive_field_maps_from_jacobian
-from vessel_lens.interpret.erf_maps import ReceptiveFieldMaps
-from vessel_lens.interpret.erf_store import load_receptive_field_maps, save_receptive_field_maps
-from vessel_lens.interpret.field import ReceptiveField, receptive_field
-from vessel_lens.interpret.fold import fold_batch_norm
-from vessel_lens.interpret.jacobian import (
-    OUTPUTS,
-    STRATEGIES,
-    JacobianEngine,
-    iter_jacobian,
-    jacobian,
-)
-from vessel_lens.interpret.sanity import deletion_curves, randomisation_test
-from vessel_lens.interpret.store import LazyRows, load_jacobian
-from vessel_lens.interpret.targets import (
+from vessel_lens.interpret.attribution.methods import METHOD_OPTIONS, METHODS, attribute
+from vessel_lens.interpret.attribution.sanity import deletion_curves, randomisation_test
+from vessel_lens.interpret.attribution.targets import (
     Target,
     error_target,
     mask_target,
@@ -31,6 +18,22 @@ from vessel_lens.interpret.targets import (
     predicted_vessels,
     segment_target,
 )
+from vessel_lens.interpret.fields.maps import ReceptiveFieldMaps
+from vessel_lens.interpret.fields.store import load_receptive_field_maps, save_receptive_field_maps
+from vessel_lens.interpret.fields.structural import ReceptiveField, receptive_field
+from vessel_lens.interpret.fields.thresholded import (
+    receptive_field_maps,
+    receptive_field_maps_from_jacobian,
+)
+from vessel_lens.interpret.jacobian.engine import (
+    OUTPUTS,
+    STRATEGIES,
+    JacobianEngine,
+    iter_jacobian,
+    jacobian,
+)
+from vessel_lens.interpret.jacobian.fold import fold_batch_norm
+from vessel_lens.interpret.jacobian.store import LazyRows, load_jacobian
 from vessel_lens.interpret.thresholds import (
     THRESHOLD_MODES,
     PixelStats,

@@ -7,11 +7,11 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "checkpoint": [
             "Checkpoint",
-            "load_model",
             "read_checkpoint",
             "resolve_checkpoint_path",
             "save_checkpoint",
         ],
+        "source": ["load_model"],
         "registry": ["MODELS", "create_model", "list_models"],
         "resnet_seg": ["ResNetSeg"],
         "unet": ["UNet"],

@@ -221,47 +221,6 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
     )
 
 
-def load_model(
-    spec: str | Path | None = None,
-    device: torch.device | str | None = None,
-    *,
-    model: str | None = None,
-    model_args: dict[str, Any] | None = None,
-    weights: str | Path | None = None,
-) -> tuple[nn.Module, Checkpoint]:
-    """A model in eval mode and the checkpoint (or a record like one) it came from.
-
-    ``spec``: a checkpoint path, run folder or shipped name, or a TorchScript or
-    ``torch.export`` file. Or, instead, ``model``: ``package.module:factory`` or
-    ``path/to/file.py:factory`` called with ``model_args``, given the state dict in
-    ``weights`` (see :mod:`vessel_lens.models.foreign`).
-
-    Examples:
-        >>> from vessel_lens.models import load_model
-        >>> model, checkpoint = load_model("vessmap-w16")  # the shipped checkpoint
-        >>> checkpoint.model_name, checkpoint.model_kwargs["width"], model.training
-        ('resnet_seg', 16, False)
-    """
-    from vessel_lens.models import foreign
-    from vessel_lens.models._programs import program_format
-    from vessel_lens.models.source import ModelSource
-
-    source = ModelSource(
-        None if spec is None else str(spec),
-        model,
-        model_args,
-        None if weights is None else str(weights),
-    )
-    if source.model is not None:
-        return foreign.load_factory_model(source.model, source.model_args, weights, device)
-    path = resolve_checkpoint_path(spec)
-    kind = program_format(path)
-    if kind is not None:
-        return foreign.load_program(path, kind, device)
-    checkpoint = read_checkpoint(path)
-    return checkpoint.build(device), checkpoint
-
-
 class _KeepingWriteErrors:
     """A file handle for ``torch.save`` that keeps the ``OSError`` of a failed write: torch
     reports it only as ``RuntimeError: ... unexpected pos``, without the reason (disk full)."""

@@ -15,8 +15,8 @@ from torch import nn
 from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
+from vessel_lens.models.inference import DEFAULT_OVERLAP, vessel_probability
 from vessel_lens.threads import work_starts
-from vessel_lens.training.inference import DEFAULT_OVERLAP, vessel_probability
 from vessel_lens.training.metrics import (
     METRIC_NAMES,
     Confusion,

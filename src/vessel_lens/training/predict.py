@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from vessel_lens.data.io import IMAGE_SUFFIXES, is_image_file, read_image
 from vessel_lens.errors import ConfigError, DataError, WriteError
+from vessel_lens.models.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.outputs import claim_output, refused
 from vessel_lens.threads import work_starts
-from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.write_errors import write_reason
 
 

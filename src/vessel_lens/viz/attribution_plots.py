@@ -17,7 +17,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
-from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, DeletionResult, RandomisationResult
+from vessel_lens.interpret.attribution.sanity import (
+    THRESHOLDED_MASK,
+    DeletionResult,
+    RandomisationResult,
+)
 from vessel_lens.interpret.thresholds import PixelStats
 from vessel_lens.viz.figures import (
     INTENSITY_LABEL,
@@ -219,10 +223,10 @@ def randomisation_plot(results: Sequence[RandomisationResult], path: str | Path)
         for method in result.methods:
             axes[0, col].plot(steps, result.series(method, "spearman"), marker="o", label=method)
             axes[1, col].plot(steps, result.series(method, "ssim"), marker="o", label=method)
-        if any(r["method"] == RECEPTIVE_FIELD for r in result.rows):
+        if any(r["method"] == THRESHOLDED_MASK for r in result.rows):
             axes[1, col].plot(
                 steps,
-                result.series(RECEPTIVE_FIELD, "iou"),
+                result.series(THRESHOLDED_MASK, "iou"),
                 linestyle="--",
                 marker="s",
                 color="black",

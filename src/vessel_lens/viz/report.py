@@ -29,7 +29,7 @@ on its panel and in the text.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,24 @@ from tqdm import tqdm
 from vessel_lens.data.crops import CropBox, crop_to_box, parse_crop_box
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret._inputs import frozen_eval
-from vessel_lens.interpret.attribution import METHODS, attribute
-from vessel_lens.interpret.jacobian import jacobian
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.methods import attribute
+from vessel_lens.interpret.attribution.targets import pixel_target
+from vessel_lens.interpret.jacobian.engine import jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
+from vessel_lens.models.inference import (
+    frozen_eval,
+    model_device,
+    vessel_probability,
+)
 from vessel_lens.outputs import claim_output, refuse_replacing
 from vessel_lens.threads import work_starts
-from vessel_lens.training.inference import DEFAULT_OVERLAP, check_tiling, vessel_probability
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import attribution_grid, pixel_panels
+from vessel_lens.viz.report_options import (
+    ReportContext,
+    ReportOptions,
+    report_method_options,
+)
 from vessel_lens.viz.report_sections import (
     attribution_intro,
     erf_section,
@@ -61,50 +69,6 @@ from vessel_lens.viz.report_sections import (
 )
 
 REPORT_FILE = "report.html"
-SANITY_METHODS = ("saliency", "guided_backprop")
-DELETION_METHODS = ("saliency", "integrated_gradients")
-
-
-@dataclass
-class ReportOptions:
-    """What the report shows and how much it computes."""
-
-    pixels: list[tuple[int, int]] | None = None
-    """Output pixels (row, col) of every image (after cropping); default: chosen per image."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Attribution methods compared at the chosen pixels."""
-    threshold: float = 0.01
-    """Fraction of each pixel's own maximum |gradient| for the thresholded-gradient maps."""
-    sanity_images: int = 1
-    """Images (the first ones) that get the randomisation test and deletion curves; 0: none."""
-    sanity_methods: list[str] = field(default_factory=lambda: list(SANITY_METHODS))
-    """Methods of the randomisation test (receptive-field maps are always included)."""
-    deletion_methods: list[str] = field(default_factory=lambda: list(DELETION_METHODS))
-    """Methods whose order drives the deletion/insertion curves of the first pixel."""
-    seed: int = 0
-    """Seed of the stochastic methods, the random weights and the random orders."""
-    zoom: int = 96
-    """Side of the window around each target that attribution panels show (0: whole image)."""
-    tile: int = 0
-    """Sliding-window side for the probability of images with a longer side (0: never)."""
-    overlap: float = DEFAULT_OVERLAP
-    """Fraction of each sliding window shared with its neighbours."""
-    shared_scale: bool = False
-    """One colour scale for every attribution panel (default: each panel its own)."""
-
-    def __post_init__(self) -> None:
-        for name in (*self.methods, *self.sanity_methods, *self.deletion_methods):
-            if name not in METHODS:
-                raise ConfigError(f"method {name!r}: choose from {', '.join(METHODS)}")
-        if not self.methods:
-            raise ConfigError("--methods: give at least one attribution method")
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"--threshold {self.threshold}: must be in (0, 1]")
-        if self.sanity_images < 0:
-            raise ConfigError("--sanity-images must be >= 0")
-        if self.zoom < 0:
-            raise ConfigError("--zoom must be >= 0")
-        check_tiling(self.tile, self.overlap)
 
 
 @dataclass
@@ -113,20 +77,6 @@ class ReportOutputs:
     figures: list[Path]
     tables: list[Path]
     seconds: float
-
-
-def report_method_options(method: str, height: int, width: int, seed: int = 0) -> dict[str, Any]:
-    """The report's (cheaper) settings of ``method`` for an image of this size."""
-    if method == "integrated_gradients":
-        return {"n_steps": 16, "internal_batch_size": 4}
-    if method == "smoothgrad":
-        return {"nt_samples": 8, "seed": seed}
-    if method == "gradient_shap":
-        return {"n_samples": 8, "seed": seed}
-    if method == "occlusion":
-        window = max(4, min(height, width) // 8)
-        return {"window": window, "stride": window}
-    return {}
 
 
 def _closest_to_centre(candidates: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -347,38 +297,26 @@ def write_report(
             samples,
             out,
             options,
-            description,
-            run_dir,
-            run_note,
-            recorded,
-            erf_dir,
+            ReportContext(description, run_dir, run_note, recorded, erf_dir),
             device,
             progress,
         )
 
 
 def _write_report(
-    model,
-    samples,
-    out,
-    options,
-    description,
-    run_dir,
-    run_note,
-    recorded,
-    erf_dir,
-    device,
-    progress,
+    model: nn.Module,
+    samples: list[Sample],
+    out: Path,
+    options: ReportOptions,
+    context: ReportContext,
+    device: torch.device | str | None,
+    progress: bool,
 ) -> ReportOutputs:
     work_starts()
     started = time.perf_counter()
     figures, tables = out / "figures", out / "tables"
     figures.mkdir(parents=True, exist_ok=True)
-    device = (
-        torch.device(device)
-        if device is not None
-        else next((p.device for p in model.parameters()), torch.device("cpu"))
-    )
+    device = torch.device(device) if device is not None else model_device(model)
     checked = min(options.sanity_images, len(samples))
     pixel_rows: list[dict] = []
     produced: list[Path] = []
@@ -409,14 +347,18 @@ def _write_report(
         {"method": m, "settings": str(report_method_options(m, *samples[0].size, options.seed))}
         for m in options.methods
     ]
-    intro = [hp.table([{"item": k, "value": v} for k, v in (description or {}).items()])]
+    intro = [hp.table([{"item": k, "value": v} for k, v in (context.description or {}).items()])]
     sections = [
         (
             "Images and chosen pixels",
             "images",
             images_intro(options.threshold, options.zoom) + "".join(r.html for r in images),
         ),
-        ("Training", "training", training_section(run_dir, run_note, recorded)),
+        (
+            "Training",
+            "training",
+            training_section(context.run_dir, context.run_note, context.recorded),
+        ),
         (
             "Attribution methods",
             "attributions",
@@ -430,7 +372,7 @@ def _write_report(
             "".join(sanity_parts)
             or hp.paragraph("Sanity checks were skipped (--sanity-images 0)."),
         ),
-        ("Receptive-field statistics", "erf", erf_section(erf_dir)),
+        ("Receptive-field statistics", "erf", erf_section(context.erf_dir)),
     ]
     sections = [(t, a, hp.section(t, a, [h])) for t, a, h in sections]
     html_path = out / REPORT_FILE

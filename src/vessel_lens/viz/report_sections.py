@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,15 +14,17 @@ from tqdm import tqdm
 
 from vessel_lens.data.samples import Sample
 from vessel_lens.errors import ConfigError
-from vessel_lens.interpret.attribution import default_gradcam_layer
-from vessel_lens.interpret.sanity import RECEPTIVE_FIELD, deletion_curves, randomisation_test
-from vessel_lens.interpret.targets import pixel_target
+from vessel_lens.interpret.attribution.methods import default_gradcam_layer
+from vessel_lens.interpret.attribution.sanity import (
+    THRESHOLDED_MASK,
+    deletion_curves,
+    randomisation_test,
+)
+from vessel_lens.interpret.attribution.targets import pixel_target
 from vessel_lens.viz import html_page as hp
 from vessel_lens.viz.attribution_plots import deletion_plot, randomisation_plot
 from vessel_lens.viz.map_scales import is_zero, zero_map_reason
-
-if TYPE_CHECKING:
-    from vessel_lens.viz.report import ReportOptions
+from vessel_lens.viz.report_options import ReportOptions, report_method_options
 
 ERF_TABLE_PATTERNS = ("summary*.csv", "stats*.csv")
 """CSV files of a receptive-field folder shown as tables (searched in every sub-folder)."""
@@ -227,8 +229,6 @@ def sanity_section(
 ) -> tuple[str, list[Path]]:
     """Randomisation test (both modes) for every chosen pixel, and deletion/insertion curves
     of the first pixel ordered by the attributions in ``first_maps``."""
-    from vessel_lens.viz.report import report_method_options  # (report imports this module)
-
     stem = sample.stem
     height, width = sample.size
     targets = [pixel_target(r, c, (height, width)) for r, c, _ in pixels]
@@ -257,8 +257,8 @@ def sanity_section(
     )
     summary = []
     for run in runs:
-        for method in (*run.methods, RECEPTIVE_FIELD):
-            metrics = ("iou", "ssim") if method == RECEPTIVE_FIELD else ("spearman", "ssim")
+        for method in (*run.methods, THRESHOLDED_MASK):
+            metrics = ("iou", "ssim") if method == THRESHOLDED_MASK else ("spearman", "ssim")
             for metric in metrics:
                 entry: dict[str, Any] = {"mode": run.mode, "method": method, "metric": metric}
                 entry.update(zip(run.steps, run.series(method, metric), strict=True))
