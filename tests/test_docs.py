@@ -150,3 +150,19 @@ def test_the_readme_tour_python_runs(monkeypatch, tmp_path):
     assert tuple(namespace["rows"].shape) == (1, 1, 64, 64)
     assert tuple(namespace["maps"].count.shape)[-2:] == (64, 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_architecture_names_files_that_exist():
+    """Every file or folder ARCHITECTURE.md names in backquotes exists: a path with a slash
+    under ``src/vessel_lens/`` or the repository, a bare ``name.py`` somewhere in the package."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    package = ROOT / "src" / "vessel_lens"
+    names = set(re.findall(r"`([\w./<>-]+(?:\.py|/))`", text))
+    assert len(names) > 40
+    for name in sorted(names):
+        if "<" in name:  # a pattern such as models/<name>.py
+            continue
+        if "/" in name.rstrip("/"):
+            assert (package / name).exists() or (ROOT / name).exists(), name
+        else:
+            assert any(package.rglob(name.rstrip("/"))) or (ROOT / name).exists(), name

@@ -11,9 +11,11 @@ from torch import nn
 
 from vessel_lens.errors import ConfigError
 from vessel_lens.interpret import JacobianEngine, fold_batch_norm, iter_jacobian, jacobian
+from vessel_lens.interpret.jacobian.strategies import REGISTRY
 from vessel_lens.models import ResNetSeg, UNet
 
-STRATEGIES = ("linear", "vmap", "loop")
+STRATEGIES = tuple(REGISTRY)
+"""Every registered strategy: a new one is checked against the loop by the tests below."""
 
 
 def in_channels(model: nn.Module) -> int:
