@@ -79,3 +79,22 @@ def command_argv(
         "data check --preview": ["data", "check", "--data", str(data), "--preview",
                                  str(out / "preview.png")],
     }[name]  # fmt: skip
+
+
+def tiny_app_files(
+    root: Path, *, seed: int, size: int, count: int, width: int = 4, name: str = "tiny.pt"
+):
+    """``root/name``, a one-channel ``resnet_seg`` of ``width`` with the weights of ``seed``,
+    and ``root/data``, ``count`` synthetic images of ``size``: what the app's tests serve.
+    Returns (checkpoint path, data folder, model)."""
+    import torch
+
+    from vessel_lens.data import write_synthetic_dataset
+    from vessel_lens.models import create_model, save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model("resnet_seg", width=width, in_channels=1)
+    checkpoint = save_checkpoint(root / name, model, "resnet_seg", {"width": width})
+    write_synthetic_dataset(root / "data", count=count, size=size, progress=False)
+    return checkpoint, root / "data", model

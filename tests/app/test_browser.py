@@ -14,16 +14,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("dash")
 pytest.importorskip("playwright")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import AppConfig, Server, create_app
 from vessel_lens.app.pixel import analyse_pixel, parse_threshold
 from vessel_lens.app.testing import CHROMIUM_ARGS
-from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.browser
 
@@ -44,11 +42,7 @@ def require_chromium() -> None:
 def app_server(tmp_path_factory):
     require_chromium()
     root = tmp_path_factory.mktemp("app-browser")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(11)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=3, size=SIZE, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=11, size=SIZE, count=3)
     config = AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data"), port=0)
     app = create_app(config)
     server = Server(app, "127.0.0.1", 0).start()

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import countmap, handlers
 from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import decode_typed_array
@@ -19,10 +19,8 @@ from vessel_lens.app.layers import discover_layers
 from vessel_lens.app.methods import discover_methods
 from vessel_lens.app.pixel import parse_threshold
 from vessel_lens.app.state import AppState
-from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.interpret import jacobian
 from vessel_lens.interpret.thresholds import gradient_magnitude, pixel_stats, threshold_value
-from vessel_lens.models import create_model, save_checkpoint
 
 SIZE = 48
 
@@ -30,11 +28,7 @@ SIZE = 48
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
     root = tmp_path_factory.mktemp("countmap")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=2, size=SIZE, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=3, size=SIZE, count=2)
     discover_methods()
     discover_layers()
     state = AppState(AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data")))

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("dash")
 
 from PIL import Image
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import export, handlers
 from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import zoom_window
@@ -22,8 +22,6 @@ from vessel_lens.app.layers import discover_layers
 from vessel_lens.app.methods import discover_methods
 from vessel_lens.app.pixel import gradient_title, parse_threshold, stats_rows, zoom_title
 from vessel_lens.app.state import AppState
-from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.models import create_model, save_checkpoint
 
 SIZE = 40
 
@@ -32,11 +30,7 @@ SIZE = 40
 def shown(tmp_path_factory):
     """A state, a view, both models' analyses of one pixel and the computed map panel."""
     root = tmp_path_factory.mktemp("export")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=1, size=SIZE, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=5, size=SIZE, count=1)
     discover_methods()
     discover_layers()
     config = AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data"), compare="random")

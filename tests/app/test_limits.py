@@ -19,6 +19,7 @@ import torch
 pytest.importorskip("dash")
 pytest.importorskip("captum")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import AppConfig, create_app, handlers, testing
 from vessel_lens.app.methods import discover_methods
 from vessel_lens.app.pixel import analyse_pixel, parse_threshold
@@ -36,11 +37,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-limits")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=2, size=SIZE, progress=False)
+    checkpoint, _, model = tiny_app_files(root, seed=5, size=SIZE, count=2)
     write_synthetic_dataset(root / "large", count=1, size=512, progress=False)
     return SimpleNamespace(root=root, checkpoint=str(checkpoint), model=model)
 

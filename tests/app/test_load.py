@@ -31,13 +31,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import testing
-from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +48,7 @@ P95_LIMIT_MS = 5000
 @pytest.fixture(scope="module")
 def load_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-load")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = create_model("resnet_seg", width=1, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 1})
-    write_synthetic_dataset(root / "data", count=2, size=512, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=1, size=512, count=2, width=1)
     command = [
         *(sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint)),
         *("--data", str(root / "data"), "--users", "3", "--duration", "10", "--images", "2"),

@@ -12,18 +12,17 @@ import torch
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import handlers
 from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import decode_typed_array
 from vessel_lens.app.layers import LayerContext, discover_layers, layers
 from vessel_lens.app.pixel import parse_threshold
 from vessel_lens.app.state import AppState
-from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.interpret import jacobian, load_receptive_field_maps
 from vessel_lens.interpret.fields.run import ErfConfig, run_erf
 from vessel_lens.interpret.jacobian.run import ExtractConfig, extract_jacobians
 from vessel_lens.interpret.thresholds import gradient_magnitude
-from vessel_lens.models import create_model, save_checkpoint
 
 SIZE = 48
 BOX = (5, 17, 20, 28)  # off-centre, not square
@@ -35,13 +34,7 @@ def stored(tmp_path_factory):
     """A store of an off-centre box of the first image and the maps made from it, in one
     folder."""
     root = tmp_path_factory.mktemp("offcentre")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(
-        root / "tiny.pt", model, "resnet_seg", {"width": 4, "in_channels": 1}
-    )
-    write_synthetic_dataset(root / "data", count=2, size=SIZE, progress=False)
+    checkpoint, _, model = tiny_app_files(root, seed=3, size=SIZE, count=2)
     stem = sorted(p.name.split(".")[0] for p in (root / "data" / "images").iterdir())[0]
     grads = root / "grads"
     extract_jacobians(

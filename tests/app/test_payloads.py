@@ -10,16 +10,14 @@ import logging
 import socket
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import AppConfig, create_app, testing
 from vessel_lens.cli import main
-from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.models import create_model, save_checkpoint
 
 PIXEL = "graph-gradient.figure"
 
@@ -41,11 +39,7 @@ class Records(logging.Handler):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-payloads")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        model = create_model("resnet_seg", width=2, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 2})
-    write_synthetic_dataset(root / "data", count=2, size=32, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=5, size=32, count=2, width=2)
     return checkpoint, root / "data"
 
 

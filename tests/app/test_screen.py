@@ -10,15 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("dash")
 pytest.importorskip("playwright")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import AppConfig, Server, countmap, create_app
 from vessel_lens.app.testing import CHROMIUM_ARGS
-from vessel_lens.data import write_synthetic_dataset
-from vessel_lens.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.browser
 
@@ -48,11 +46,7 @@ def served(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     root = tmp_path_factory.mktemp("app-screen")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(11)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=3, size=SIZE, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=11, size=SIZE, count=3)
     config = AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data"), compare="random")
     app = create_app(config)
     server = Server(app, "127.0.0.1", 0).start()

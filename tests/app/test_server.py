@@ -9,27 +9,21 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import torch
 import typer
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import AppConfig, create_app, testing
 from vessel_lens.app.figures import decode_typed_array
 from vessel_lens.app.testing import UPDATE, callback_request
-from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import CheckpointError, ConfigError
-from vessel_lens.models import create_model, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-server")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(root / "tiny.pt", model, "resnet_seg", {"width": 4})
-    write_synthetic_dataset(root / "data", count=2, size=32, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=3, size=32, count=2)
     config = AppConfig(checkpoints=[str(checkpoint)], data=str(root / "data"), upload_mb=1)
     app = create_app(config)
     client = app.server.test_client()

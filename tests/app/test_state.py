@@ -15,6 +15,7 @@ import torch
 
 pytest.importorskip("dash")
 
+from tests.helpers import tiny_app_files
 from vessel_lens.app import handlers
 from vessel_lens.app.config import AppConfig
 from vessel_lens.app.figures import decode_typed_array
@@ -22,7 +23,6 @@ from vessel_lens.app.layers import discover_layers
 from vessel_lens.app.methods import _METHODS, Method, discover_methods
 from vessel_lens.app.pixel import analyse_pixel, parse_threshold, stats_rows
 from vessel_lens.app.state import AppState
-from vessel_lens.data import write_synthetic_dataset
 from vessel_lens.errors import ConfigError, DataError, VesselLensError
 from vessel_lens.interpret import jacobian
 from vessel_lens.interpret.thresholds import (
@@ -30,7 +30,6 @@ from vessel_lens.interpret.thresholds import (
     pixel_stats,
     threshold_value,
 )
-from vessel_lens.models import create_model, save_checkpoint
 from vessel_lens.training import vessel_probability
 
 SIZE = 48
@@ -40,13 +39,7 @@ SIZE = 48
 def tiny(tmp_path_factory):
     """A width-4 reference model (seeded, not trained) and three synthetic 48x48 samples."""
     root = tmp_path_factory.mktemp("app")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        model = create_model("resnet_seg", width=4, in_channels=1)
-    checkpoint = save_checkpoint(
-        root / "tiny.pt", model, "resnet_seg", {"width": 4, "in_channels": 1}
-    )
-    write_synthetic_dataset(root / "data", count=3, size=SIZE, progress=False)
+    checkpoint, _, _ = tiny_app_files(root, seed=7, size=SIZE, count=3)
     return SimpleNamespace(root=root, checkpoint=checkpoint, data=root / "data")
 
 

@@ -125,20 +125,18 @@ def load_receptive_field_maps(path: str | Path) -> ReceptiveFieldMaps:
     ``weights_hash``, ``model_name``, ``output``, ``target_class``, ``image_path``, ... .
 
     Examples:
-        >>> import torch
-        >>> from vessel_lens.models import create_model
-        >>> _ = torch.manual_seed(0)
-        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
-        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
         >>> import tempfile
+        >>> import torch
         >>> from pathlib import Path
         >>> from vessel_lens.interpret import load_receptive_field_maps, receptive_field_maps
         >>> from vessel_lens.interpret import save_receptive_field_maps
-        >>> maps = receptive_field_maps(model, image, fractions=(0.01,), pixels=[(16, 16)])
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Conv2d(1, 2, 5, padding=2)  # one layer: every field is 5 x 5
+        >>> maps = receptive_field_maps(net, torch.rand(1, 16, 16), fractions=(0.0,), mode="pixel")
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     again = load_receptive_field_maps(save_receptive_field_maps(maps, Path(folder) / "a.erf.npz"))
-        >>> again.count.shape, again.fractions
-        (torch.Size([1, 32, 32]), (0.01,))
+        >>> again.count.shape, int(again.count[0, 8, 8])  # |g| > 0 at 25 input pixels
+        (torch.Size([1, 16, 16]), 25)
     """
     path = Path(path)
     with _open(path) as archive:

@@ -251,14 +251,13 @@ def iter_jacobian(
 
     Examples:
         >>> import torch
-        >>> from vessel_lens.models import create_model
-        >>> _ = torch.manual_seed(0)
-        >>> model = create_model("resnet_seg", width=2).eval()  # or any (B, C, H, W) -> (B, K, H, W) net
-        >>> image = torch.rand(1, 32, 32)  # (C, H, W)
         >>> from vessel_lens.interpret import iter_jacobian
-        >>> chunks = [(flat.shape, rows.shape) for flat, rows in iter_jacobian(model, image, chunk_size=400)]
-        >>> chunks[0], len(chunks)
-        ((torch.Size([400]), torch.Size([400, 1, 32, 32])), 3)
+        >>> net = torch.nn.Conv2d(1, 2, 3, padding=1)  # any (B, C, H, W) -> (B, K, H, W) module
+        >>> for flat, rows in iter_jacobian(net, torch.rand(1, 20, 20), chunk_size=150):
+        ...     print(flat.shape, rows.shape)
+        torch.Size([150]) torch.Size([150, 1, 20, 20])
+        torch.Size([150]) torch.Size([150, 1, 20, 20])
+        torch.Size([100]) torch.Size([100, 1, 20, 20])
     """
     check_chunk(chunk_size)
     engine = JacobianEngine(
