@@ -376,3 +376,21 @@ def test_evaluate_refuses_user_files_and_a_channel_mismatch(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "channel" in err[0] and "expects 3" in err[0]
     assert not (tmp_path / "e2").exists()
+
+
+def test_a_run_that_stopped_early_is_finished_on_resume(tmp_path, monkeypatch):
+    """Early stopping ends the run: ``--resume`` trains no further (it used to train at least
+    one more epoch, since the stop was not part of the saved state)."""
+    import vessel_lens.training.trainer as trainer_module
+
+    dice = iter([0.5, 0.4, 0.3, 0.2, 0.1])  # the first validation is the best one
+    monkeypatch.setattr(
+        trainer_module.Trainer,
+        "validate",
+        lambda self, samples: {"val_loss": 1.0, "val_dice": next(dice), "val_iou": 0.1},
+    )
+    summary = train(tiny(epochs=5, patience=1), tmp_path / "run", progress=False)
+    assert (summary.stop_reason, summary.epochs_done) == ("early stopping", 2)
+    again = resume(tmp_path / "run", progress=False)
+    assert (again.stop_reason, again.epochs_done) == ("early stopping", 2)
+    assert len(rows(tmp_path / "run/metrics.csv")) == 2

@@ -357,8 +357,11 @@ class Trainer:
         if self.epoch == 0 and not self.history:
             self._save("last.pt", with_state=True)
         stop_reason = "epochs"
+        if config.patience and self.bad_validations >= config.patience:
+            # a resumed run that had stopped early: its stop is part of the saved state
+            stop_reason = "early stopping"
         try:
-            while self.epoch < config.epochs:
+            while self.epoch < config.epochs and stop_reason == "epochs":
                 started = time.perf_counter()
                 torch.manual_seed(config.seed * 104_729 + self.epoch)
                 train_loss = self._train_epoch(bar)
