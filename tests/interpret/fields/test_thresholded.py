@@ -310,3 +310,21 @@ def test_importing_the_modules_keeps_the_package_names():
     assert interpret.receptive_field is receptive_field
     # the subpackage vessel_lens.interpret.jacobian never hides the function of that name
     assert interpret.jacobian is jacobian
+
+
+def test_the_nearest_stored_fraction_is_nearest_on_a_log_scale():
+    """The app shows the stored fraction nearest the page's threshold: 0.03 lies nearer 0.05
+    than 0.01 on the log slider (linearly the two tie and 0.01 was shown)."""
+    from types import SimpleNamespace
+
+    from vessel_lens.interpret.fields.maps import ReceptiveFieldMaps
+
+    def nearest(stored, page):
+        index = ReceptiveFieldMaps.fraction_index(SimpleNamespace(fractions=stored), page)
+        return stored[index]
+
+    assert nearest((0.01, 0.05), 0.03) == 0.05
+    assert nearest((0.1, 0.5), 0.3) == 0.5
+    assert nearest((0.005, 0.01, 0.05), 0.011) == 0.01
+    assert nearest((0.0, 0.01), 0.0) == 0.0
+    assert nearest((0.0, 0.01), 0.001) == 0.01

@@ -20,6 +20,7 @@ whose gradient is zero everywhere has NaN centroid and mass radius.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +93,15 @@ class ReceptiveFieldMaps:
         return torch.nonzero(self.computed.reshape(-1)).flatten()
 
     def fraction_index(self, fraction: float) -> int:
-        """Index of the stored fraction nearest ``fraction``."""
-        gaps = [abs(f - fraction) for f in self.fractions]
+        """Index of the stored fraction nearest ``fraction`` on a log scale (fractions span
+        decades: 0.03 is nearer 0.05 than 0.01), or linearly where one of them is 0."""
+
+        def gap(stored: float) -> float:
+            if stored > 0 and fraction > 0:
+                return abs(math.log(stored / fraction))
+            return abs(stored - fraction) * 1e12  # a zero is nearest only to a zero
+
+        gaps = [gap(f) for f in self.fractions]
         return gaps.index(min(gaps))
 
     def stats(self, row: int, col: int, index: int = 0, channel: int = 0) -> PixelStats:
