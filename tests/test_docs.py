@@ -45,6 +45,7 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "site" / "reference" / "interpret" / "index.html").read_text()
     assert "receptive_field_maps" in page and "JacobianEngine" in page
+    assert not re.search(r":(func|class|meth|mod|data):<code>", page), "a Sphinx role is shown"
 
 
 EXAMPLES = (
