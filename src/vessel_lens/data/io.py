@@ -3,7 +3,7 @@
 Images become ``float32`` arrays of shape (C, H, W) with values in [0, 1]; masks become
 ``bool`` arrays of shape (H, W). Every failure raises :class:`DataError` naming the file.
 
-Scaling rules (documented in the README):
+Scaling rules (documented in the manual, docs/data.md):
 
 - 8- and 16-bit unsigned and signed integers are scaled by the range of their dtype
   (uint8 / 255, uint16 / 65535, int16 by -32768..32767); wider integers (int32, uint32, ...)

@@ -1,6 +1,6 @@
 """Segmentation metrics on whole images: confusion counts, overlap scores, ROC AUC, clDice.
 
-Conventions for empty cases (documented in the README):
+Conventions for empty cases (documented in the manual, docs/training.md):
 
 - Dice and IoU are 1 when prediction and label are both empty;
 - sensitivity is 1 when the label has no vessel, specificity 1 when it has no background,

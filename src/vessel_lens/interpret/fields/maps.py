@@ -1,6 +1,6 @@
 """The result of :func:`~vessel_lens.interpret.receptive_field_maps`: one image's maps.
 
-Definitions (output pixel p, gradient row g_p over the input; see the README (Receptive-field maps)):
+Definitions (output pixel p, gradient row g_p over the input; see the manual, docs/receptive-fields.md):
 
 - magnitude m_p = |g_p| summed over channels (``channels="sum"``) or per channel
   (``"separate"``: every map gains a channel axis C after the fraction axis T);

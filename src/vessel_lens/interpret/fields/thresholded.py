@@ -7,7 +7,7 @@ known only at the end, keeps per row just the entries that can still pass the sm
 fraction's threshold and finishes the counts exactly once the maximum is known; rows on a
 coarse grid are computed first so the running maximum is near its final value early (they are
 part of the result, not recomputed). :func:`receptive_field_maps_from_jacobian` does the same
-over stored or in-memory rows. Definitions: :mod:`.maps` and the README (Receptive-field maps).
+over stored or in-memory rows. Definitions: :mod:`.maps` and the manual (docs/receptive-fields.md).
 """
 
 from __future__ import annotations
