@@ -1,4 +1,4 @@
-"""Screenshot of the running app for the README, and the hover latency seen in the browser.
+"""Screenshot of the running app for the manual (docs/app.png), and the hover latency seen in the browser.
 
     python benchmarks/app_screenshot.py --checkpoint runs/vessmap-w16/best.pt \
         --data ../shared/data/vessmap --image 10084 --out docs/app.png [--hovers 20]

@@ -1,4 +1,4 @@
-"""The README's receptive-field figure (docs/erf_definitions.png): the receptive-field definitions on one real pixel.
+"""The manual's receptive-field figure (docs/erf_definitions.png): the receptive-field definitions on one real pixel.
 
 Panels: the input crop with the pixel p; |g_p| (log scale); the pixels above the global
 threshold with their bounding box, count, area and fulfillment; the squares holding 50 % and
