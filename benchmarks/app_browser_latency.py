@@ -13,10 +13,11 @@ both, alternating blocks of ``--block`` hovers so that both meet the same machin
 Every time is read from the page's own clock (``performance.now()``, the timeline of
 ``Event.timeStamp``), not the server's: from the ``mousemove`` event's timestamp to the first
 task after the frame that paints the gradient panel of the new pixel. The page watches the
-panel with ``requestAnimationFrame``: its title (drawn by Plotly with the map in the old app)
-and, in the new app, the title recorded on the canvas the map is painted on. The frame whose
-callback first sees both changed is the one that paints them, and a message posted from that
-callback runs after the frame's paint. Also reported: the request (the
+panel with ``requestAnimationFrame``: in the old app its title (drawn by Plotly with the map),
+in the new app the pixel recorded on the canvas that ``app/assets/paint.js`` paints the map on
+(``data-pixel``) before Dash's callback redraws the panel. The frame whose callback first sees
+the change is the one that paints it, and a message posted from that callback runs after the
+frame's paint. Also reported: the request (the
 resource timing of the callback that carries the gradient), and the time until the numbers
 table shows the pixel, and the synchronous time of each panel's ``Plotly.react`` per hover (0
 for a hover that did not redraw that panel).
@@ -51,25 +52,27 @@ INSTRUMENT = """() => {
     };
     const title = () => document.querySelector('#graph-gradient .gtitle')?.textContent || '';
     const numbers = () => document.querySelector('#stats td.stat-0')?.innerText || '';
-    // the canvas the new app paints the map on (none in the old app): the title it painted
+    // the canvas the new app paints the map on (none in the old app): the pixel it painted
     const canvas = () => document.querySelector('#graph-gradient canvas.vl-painted')
-        ?.dataset.title ?? null;
+        ?.dataset.pixel ?? null;
     vl.arm = () => {
         const token = ++vl.token;
         const before = [title(), numbers(), canvas()];
         vl.painted = vl.numbers = null;
         vl.reacts = [];
+        let seen = false;
         const frame = () => {
             if (token !== vl.token) { return; }
             if (vl.numbers === null && numbers() !== before[1]) { vl.numbers = performance.now(); }
+            // the new app: the canvas shows another pixel; the old: Plotly's title changed
             const painted = canvas();
-            if (title() !== before[0] && (painted === null || painted !== before[2])) {
+            if (!seen && (painted !== null ? painted !== before[2] : title() !== before[0])) {
+                seen = true;
                 const channel = new MessageChannel();
                 channel.port1.onmessage = () => { vl.painted = performance.now(); };
                 channel.port2.postMessage(0);
-                return;
             }
-            requestAnimationFrame(frame);
+            if (!seen || vl.numbers === null) { requestAnimationFrame(frame); }
         };
         requestAnimationFrame(frame);
     };

@@ -201,6 +201,76 @@ def test_hover_threshold_click_switch_upload_and_export(page, app_server, tmp_pa
     assert shot.stat().st_size > 10_000
 
 
+def expected_colours(values: np.ndarray, limit: float) -> np.ndarray:
+    """RGB of each value on the gradient panel's scale (linear between the stops in RGB)."""
+    from vessel_lens.app.figures import DIVERGING
+
+    stops = np.array([f for f, _ in DIVERGING])
+    rgb = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for _, c in DIVERGING], float)
+    where = np.clip((values + limit) / (2 * limit), 0, 1).ravel()
+    return np.stack([np.interp(where, stops, rgb[:, ch]) for ch in range(3)], axis=1)
+
+
+def painted_canvas(page, row: int, col: int) -> tuple[np.ndarray, dict, str]:
+    """Wait for the overlay of pixel (row, col): its RGBA pixels, its box on screen, title."""
+    page.wait_for_function(
+        "pixel => document.querySelector('#graph-gradient canvas.vl-painted')"
+        "?.dataset.pixel === pixel",
+        arg=f"{row},{col}",
+        timeout=20_000,
+    )
+    data, shape, title = page.evaluate(
+        """() => {
+            const canvas = document.querySelector('#graph-gradient canvas.vl-painted');
+            const image = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+            return [Array.from(image.data), [canvas.height, canvas.width], canvas.dataset.title];
+        }"""
+    )
+    # where it was laid (its style stays when Dash's redraw has hidden it since)
+    box = page.locator("#graph-gradient canvas.vl-painted").evaluate(
+        """c => {
+            const r = c.parentNode.getBoundingClientRect(), s = c.style;
+            return {x: r.x + parseFloat(s.left), y: r.y + parseFloat(s.top),
+                    width: parseFloat(s.width), height: parseFloat(s.height)};
+        }"""
+    )
+    return np.array(data, dtype=float).reshape(*shape, 4), box, title
+
+
+def test_a_hover_paints_the_gradient_at_once_as_the_server_computes_it(page, app_server):
+    from vessel_lens.app.figures import symmetric_limit
+    from vessel_lens.app.pixel import CLIP
+
+    page.goto(app_server.server.url)
+    page.wait_for_selector("#stats table")
+    page.wait_for_selector("#graph-gradient .gtitle")
+    key = app_server.state.image_options()[0]["value"]
+    view, _ = app_server.state.view(key, "full")
+    for row, col in ((7, 40), (33, 12)):
+        page.mouse.move(*pixel_position(page, "graph-input", row, col))
+        rgba, box, title = painted_canvas(page, row, col)
+        values = app_server.state.gradient("m0", view, row, col)[0].float().sum(0).numpy()
+        assert rgba.shape[:2] == values.shape
+        expected = expected_colours(values, symmetric_limit(values, CLIP))
+        assert np.abs(rgba[..., :3].reshape(-1, 3) - expected).max() <= 3
+        assert (rgba[..., 3] == 255).all()
+        assert np.abs(values).max() > 0  # a map with colours, not only the zero white
+        # laid exactly over the panel's plot area
+        area = plot_area(page, "graph-gradient")
+        for name in ("x", "y", "width", "height"):
+            assert abs(box[name] - area[name]) <= 1.5, (name, box, area)
+        assert title.startswith(f"d p({row}, {col}) / d input")
+        # Dash's figure of the same pixel follows, with the same title, and the overlay hides
+        page.wait_for_function(
+            "title => document.querySelector('#graph-gradient .gtitle')?.textContent"
+            ".replace(/\\s/g, '') === title.replace(/\\s/g, '')"
+            " && document.querySelector('#graph-gradient canvas.vl-painted')"
+            ".style.display === 'none'",
+            arg=title,
+        )
+        wait_for_stat(page, "pixel (row, col)", rf"^\({row}, {col}\)")
+
+
 def test_comparison_with_a_random_initialisation(page):
     page.locator("#compare").click()
     page.get_by_role("option", name=re.compile("^random init")).click()

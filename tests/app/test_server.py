@@ -236,3 +236,71 @@ def test_compute_global_max_also_computes_the_comparison_models(served):
     assert state.global_max("random", view)[0] is not None
     text = served.client.post(UPDATE, json=body).get_json()["response"]["global-status"]
     assert "A: global max" in text["children"] and "B: global max" in text["children"]
+
+
+def gradient_query(served, **override) -> dict[str, object]:
+    view = view_store(served)["view"]
+    query = {"model": "m0", "row": 5, "col": 9, "clip": "1", **view, **override}
+    return {k: v for k, v in query.items() if v is not None}
+
+
+def test_the_gradient_route_sends_the_panels_map_as_float32(served):
+    from urllib.parse import unquote
+
+    import numpy as np
+
+    from vessel_lens.app.figures import symmetric_limit
+    from vessel_lens.app.handlers import view_from_data
+    from vessel_lens.app.pixel import CLIP
+
+    state = served.app.vessel_lens_state
+    query = gradient_query(served)
+    response = served.client.get("/_vessel_lens/gradient", query_string=query)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    view = view_from_data(state, view_store(served)["view"])
+    expected = state.gradient("m0", view, 5, 9)[0].float().sum(0).numpy()
+    values = np.frombuffer(response.get_data(), dtype="<f4").reshape(view.height, view.width)
+    np.testing.assert_array_equal(values, expected)
+    assert float(response.headers["X-Limit"]) == symmetric_limit(expected, CLIP)
+    assert (int(response.headers["X-Height"]), int(response.headers["X-Width"])) == (
+        view.height,
+        view.width,
+    )
+    assert unquote(response.headers["X-Title"]).startswith("d p(5, 9) / d input")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    unclipped = served.client.get(
+        "/_vessel_lens/gradient", query_string=gradient_query(served, clip="0")
+    )
+    assert float(unclipped.headers["X-Limit"]) == symmetric_limit(expected)
+    assert "clipped" not in unquote(unclipped.headers["X-Title"])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"model": "m9"}, "unknown model"),
+        ({"model": None}, "unknown model"),
+        ({"row": "x"}, "row: expected a whole number"),
+        ({"col": 10_000}, "outside the"),
+        ({"row": -1}, "outside the"),
+        ({"key": "nope"}, ""),
+        ({"height": 10**6}, "out of range"),
+        ({"compare": "m7"}, "unknown model"),
+    ],
+)
+def test_the_gradient_route_refuses_bad_parameters_with_400(served, override, expected):
+    response = served.client.get(
+        "/_vessel_lens/gradient", query_string=gradient_query(served, **override)
+    )
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert text.count("\n") == 1 and expected in text
+
+
+def test_the_gradient_route_keeps_the_host_guard(served):
+    response = served.client.get(
+        "/_vessel_lens/gradient",
+        query_string=gradient_query(served),
+        headers={"Host": "evil.example"},
+    )
+    assert response.status_code == 403

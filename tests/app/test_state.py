@@ -81,6 +81,36 @@ def test_gradient_is_the_exact_jacobian_row(state, crop):
         assert again is gradient
 
 
+def test_concurrent_requests_for_a_pixel_share_one_backward_pass(state, monkeypatch):
+    """The paint route and the pixel callback ask for the same pixel at once."""
+    import threading
+
+    view = first_view(state)
+    with state.pinned_engine("m0", view) as engine:
+        calls, started = [], threading.Event()
+        rows = engine.rows
+
+        def slow_rows(flat):
+            calls.append(flat.tolist())
+            started.set()
+            time.sleep(0.3)
+            return rows(flat)
+
+        monkeypatch.setattr(engine, "rows", slow_rows)
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(state.gradient("m0", view, 31, 2)))
+            for _ in range(2)
+        ]
+        threads[0].start()
+        started.wait(10)
+        threads[1].start()
+        for thread in threads:
+            thread.join(30)
+    assert len(calls) == 1 and len(results) == 2
+    assert results[0][0] is results[1][0]
+
+
 @pytest.mark.parametrize(
     ("mode", "fraction"), [("pixel", 0.01), ("pixel", 0.3), ("absolute", 1e-4)]
 )

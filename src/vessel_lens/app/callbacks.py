@@ -65,8 +65,31 @@ def _message(exc: Exception) -> str:
     return f"internal error ({type(exc).__name__}); the server log has the details"
 
 
+PAINT_SETTINGS = """
+function(view, model, compare, method, target, clip, follow) {
+    // what app/assets/paint.js needs to fetch and paint the hovered pixel's gradient
+    window.vesselLensPaint = {
+        view: view ? view.view : null, model: model, compare: compare, method: method,
+        target: target, clip: Array.isArray(clip) && clip.includes("clip"), follow: follow
+    };
+    return window.dash_clientside.no_update;
+}
+"""
+
+
 def register_callbacks(app, state) -> None:
     graphs = ("graph-input", "graph-map", "graph-mask")
+    app.clientside_callback(
+        PAINT_SETTINGS,
+        Output("paint-settings", "data"),
+        Input("view-store", "data"),
+        Input("model", "value"),
+        Input("compare", "value"),
+        Input("method", "value"),
+        Input("target", "value"),
+        Input("clip", "value"),
+        Input("follow", "value"),
+    )
     app.clientside_callback(
         HOVER_TO_PIXEL,
         Output("pixel-store", "data"),

@@ -305,6 +305,7 @@ def build_layout(state, methods: dict, layers: dict) -> html.Div:
     stores = [
         dcc.Store(id="view-store"),
         dcc.Store(id="pixel-store"),
+        dcc.Store(id="paint-settings"),
         dcc.Store(id="threshold-store", data={"fraction": DEFAULT_FRACTION}),
         dcc.Store(id="global-store"),
         dcc.Interval(id="global-poll", interval=1000, disabled=True),

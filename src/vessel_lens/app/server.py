@@ -160,6 +160,7 @@ def create_app(config: AppConfig, state=None):
     import dash
 
     from vessel_lens.app.callbacks import register_callbacks
+    from vessel_lens.app.fastpaint import register_route
     from vessel_lens.app.layers import discover_layers, layers
     from vessel_lens.app.layout import build_layout
     from vessel_lens.app.methods import discover_methods, methods
@@ -180,6 +181,7 @@ def create_app(config: AppConfig, state=None):
     app.server.config["MAX_CONTENT_LENGTH"] = config.upload_bytes * 4 // 3 + 2**20
     app.layout = build_layout(state, methods(), layers())
     register_callbacks(app, state)
+    register_route(app, state)
     app.vessel_lens_state = state
     _guard_dispatch(app)
     _guard_hosts(app.server, config.allowed_hosts)

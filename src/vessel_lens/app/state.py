@@ -425,21 +425,24 @@ class AppState:
                 f"pixel ({row}, {col}) lies outside the {view.height}x{view.width} view"
             )
         key = ("gradient", model_key, view, row, col)
-        cached = self.gradients.get(key)
-        if cached is not None:
-            return cached
+        # one computation per pixel: the page's paint route and the pixel callback ask at once
+        return self.gradients.get_or_create(
+            key, lambda: self._compute_gradient(model_key, view, row, col)
+        )
+
+    def _compute_gradient(self, model_key: str, view: View, row: int, col: int):
         store = self.store_for(model_key, view)
         if store is not None:
             stored = self.stores.row(store, row, col)
             if stored is not None:
-                return self.gradients.put(key, (stored.cpu().clone(), "stored"))
+                return stored.cpu().clone(), "stored"
         flat = torch.tensor([row * view.width + col])
         with self.pinned_engine(model_key, view) as engine:
             lock = self._engine_lock(model_key, view, engine)
             needed = self.costs(model_key).rows(view.height * view.width, 1)
             with self.work.slot(needed, "the pixel's gradient"), lock or contextlib.nullcontext():
                 rows = engine.rows(flat)
-        return self.gradients.put(key, (rows[0].float().cpu().clone(), "computed"))
+        return rows[0].float().cpu().clone(), "computed"
 
     def _field(self, model_key: str, view: View):
         """The receptive field at the view's size, or why there is none (a string): the
