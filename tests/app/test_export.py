@@ -68,7 +68,7 @@ def test_the_png_has_the_pages_panels_titles_and_colour_bars(shown):
     titles = [one_line(ax.get_title(loc="left")) for ax in panels]
     prefixes = ("A: ", "B: ")
     for analysis, prefix in zip(analyses, prefixes, strict=True):
-        assert one_line(gradient_title(analysis, prefix)) in titles
+        assert one_line(gradient_title(analysis.description, prefix)) in titles
         assert one_line(zoom_title(analysis, prefix)) in titles
     assert one_line(result.title) in titles
     # the map panel and, per model, the gradient and the thresholded map: five colour bars,

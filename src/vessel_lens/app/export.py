@@ -108,7 +108,7 @@ def _gradient(figure, ax, analysis: PixelAnalysis, prefix: str, clip: bool) -> N
     _box(ax, analysis.row, analysis.col, analysis.row, analysis.col, PIXEL_COLOUR)
     add_colorbar(figure, image, ax, "d p / d input (summed over channels)",
                  extend="both" if clip else "neither")  # fmt: skip
-    _title(ax, gradient_title(analysis, prefix, clip))
+    _title(ax, gradient_title(analysis.description, prefix, clip))
 
 
 def _thresholded(figure, ax, analysis: PixelAnalysis, prefix: str, clip: bool) -> None:

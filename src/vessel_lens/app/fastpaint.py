@@ -14,7 +14,6 @@ Bad parameters get 400 with one line of text; the server's Host guard and header
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import numpy as np
@@ -48,7 +47,7 @@ def gradient_map(state, args) -> tuple[np.ndarray, dict[str, str]]:
     values, description = get_method("gradient").compute(state, model, view, row, col, "pixel")
     signed = values.float().sum(0).numpy().astype("<f4", copy=False)
     limit = figures.symmetric_limit(signed, CLIP if clip else None)
-    title = gradient_title(SimpleNamespace(description=description), prefix, clip)
+    title = gradient_title(description, prefix, clip)
     headers = {
         "X-Limit": repr(float(limit)),
         "X-Height": str(view.height),

@@ -200,11 +200,10 @@ CLIP = 99.5
 """Percentile of |g| at which the colour scales saturate when clipping is on."""
 
 
-def gradient_title(analysis: PixelAnalysis, prefix: str = "", clip: bool = True) -> str:
-    """The gradient panel's title (the page and the PNG export)."""
-    return (
-        prefix + analysis.description + (f" (colours clipped at p{CLIP:g} of |g|)" if clip else "")
-    )
+def gradient_title(description: str, prefix: str = "", clip: bool = True) -> str:
+    """The gradient panel's title (the page, the PNG export and the paint route), from the
+    method's description of its map."""
+    return prefix + description + (f" (colours clipped at p{CLIP:g} of |g|)" if clip else "")
 
 
 def zoom_title(analysis: PixelAnalysis, prefix: str = "") -> str:
@@ -221,7 +220,7 @@ def zoom_title(analysis: PixelAnalysis, prefix: str = "") -> str:
 def gradient_panel(analysis: PixelAnalysis, prefix: str = "", clip: bool = True) -> dict:
     view = analysis.view
     revision = f"{analysis.model_key}|{view.key}|{view.top},{view.left},{view.height},{view.width}"
-    title = gradient_title(analysis, prefix, clip)
+    title = gradient_title(analysis.description, prefix, clip)
     return figures.gradient_figure(
         analysis.signed, title, revision=revision, clip=CLIP if clip else None
     )
