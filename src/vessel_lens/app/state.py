@@ -539,10 +539,7 @@ class AppState:
         if task is not None and task.state != "done" and (task.state in ACTIVE or not restart):
             return None, task
         field = self.receptive_field(model_key, view)
-        area = None
-        if field is not None and field.boxes is not None:
-            boxes = field.boxes.long()
-            area = int(((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).max())
+        area = field.largest_area if field is not None else None
         limit = self.count_maps.max_bytes // 2  # the parts and their concatenation
         stride = countmap.map_stride(view.height, view.width, area, limit)
         full_area = area or view.height * view.width

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,10 @@ def test_rows_vanish_outside_the_bound_of_a_strided_slice():
     field = receptive_field(model, 12)
     rows = jacobian(model, torch.rand(1, 12, 12), strategy="vmap")
     assert float(outside(rows, field.boxes).max()) == 0.0
+
+
+def test_largest_area_is_the_largest_box():
+    model = nn.Conv2d(1, 2, 5, padding=2)  # 5 x 5 boxes, clipped at the borders
+    field = receptive_field(model, 16)
+    assert field.largest_area == 25
+    assert replace(field, boxes=None).largest_area is None

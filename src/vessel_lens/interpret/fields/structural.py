@@ -60,6 +60,14 @@ class ReceptiveField:
         """Largest offset in any direction (a square bound)."""
         return max(self.up, self.down, self.left, self.right)
 
+    @property
+    def largest_area(self) -> int | None:
+        """The most input pixels any output pixel's box holds (None without ``boxes``)."""
+        if self.boxes is None:
+            return None
+        boxes = self.boxes.long()
+        return int(((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).max())
+
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """Half-open (top, bottom, left, right) input box of pixel (row, col), clipped."""
         height, width = self.size
