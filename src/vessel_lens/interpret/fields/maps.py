@@ -94,14 +94,12 @@ class ReceptiveFieldMaps:
 
     def fraction_index(self, fraction: float) -> int:
         """Index of the stored fraction nearest ``fraction`` on a log scale (fractions span
-        decades: 0.03 is nearer 0.05 than 0.01), or linearly where one of them is 0."""
-
-        def gap(stored: float) -> float:
-            if stored > 0 and fraction > 0:
-                return abs(math.log(stored / fraction))
-            return abs(stored - fraction) * 1e12  # a zero is nearest only to a zero
-
-        gaps = [gap(f) for f in self.fractions]
+        decades: 0.03 is nearer 0.05 than 0.01). A zero is nearest only to a zero; a zero
+        ``fraction`` with none stored gets the smallest stored one."""
+        if fraction > 0 and any(f > 0 for f in self.fractions):
+            gaps = [abs(math.log(f / fraction)) if f > 0 else math.inf for f in self.fractions]
+        else:
+            gaps = [abs(f - fraction) for f in self.fractions]
         return gaps.index(min(gaps))
 
     def stats(self, row: int, col: int, index: int = 0, channel: int = 0) -> PixelStats:
